@@ -125,25 +125,7 @@ class Genotype:
         Raises:
             GenotypeError: naming the node (``n3``) or field (``extra.ops``) that is wrong.
         """
-        _check_choice(self.lateral, LATERALS, "lateral")
-        _check_choice(self.downsample, DOWNSAMPLES, "downsample")
-        _check_choice(self.activation, ACTIVATIONS, "activation")
-        _check_choice(self.unused, UNUSED_RULES, "unused")
-        _check_choice(self.extra.source, EXTRA_SOURCES, "extra.source")
-        for i, op in enumerate(self.extra.ops):
-            _check_choice(op, EXTRA_OPS, f"extra.ops[{i}]")
-        for key in ("repeats", "width"):
-            value = getattr(self, key)
-            if not _is_int(value) or value < 1:
-                raise GenotypeError(f"{key}: must be a positive integer, got {value!r}")
-        levels = self.levels
-        if not levels or not all(_is_int(lv) and lv >= 1 for lv in levels):
-            raise GenotypeError(f"levels: must be a non-empty list of positive integers, got {list(levels)!r}")
-        if list(levels) != list(range(levels[0], levels[0] + len(levels))):
-            raise GenotypeError(f"levels: must be ascending and consecutive, got {list(levels)!r}")
-        if len(self.extra.ops) >= len(levels):
-            raise GenotypeError(
-                f"extra.ops: {len(self.extra.ops)} extra levels leave no backbone level in {list(levels)}")
+        self._check_fields()
         if not self.nodes:
             raise GenotypeError("nodes: the node list is empty")
         known = {name: level for name, level in zip(self.cell_inputs, self.cell_levels)}
@@ -179,6 +161,28 @@ class Genotype:
             if known[name] != level:
                 raise GenotypeError(f"outputs: level {level} names {name!r}, which is at level {known[name]}")
         return self
+
+    def _check_fields(self) -> None:
+        """The fields other than nodes and outputs (checked first: the rest depends on them)."""
+        _check_choice(self.lateral, LATERALS, "lateral")
+        _check_choice(self.downsample, DOWNSAMPLES, "downsample")
+        _check_choice(self.activation, ACTIVATIONS, "activation")
+        _check_choice(self.unused, UNUSED_RULES, "unused")
+        _check_choice(self.extra.source, EXTRA_SOURCES, "extra.source")
+        for i, op in enumerate(self.extra.ops):
+            _check_choice(op, EXTRA_OPS, f"extra.ops[{i}]")
+        for key in ("repeats", "width"):
+            value = getattr(self, key)
+            if not _is_int(value) or value < 1:
+                raise GenotypeError(f"{key}: must be a positive integer, got {value!r}")
+        levels = self.levels
+        if not levels or not all(_is_int(lv) and lv >= 1 for lv in levels):
+            raise GenotypeError(f"levels: must be a non-empty list of positive integers, got {list(levels)!r}")
+        if list(levels) != list(range(levels[0], levels[0] + len(levels))):
+            raise GenotypeError(f"levels: must be ascending and consecutive, got {list(levels)!r}")
+        if len(self.extra.ops) >= len(levels):
+            raise GenotypeError(
+                f"extra.ops: {len(self.extra.ops)} extra levels leave no backbone level in {list(levels)}")
 
     # --- canonical form and hash ---------------------------------------------------------
     def canonical(self) -> "Genotype":
@@ -328,7 +332,8 @@ class Genotype:
             if level is None:
                 raise GenotypeError(f"outputs: key {key!r} is not a level (3 or P3)")
             by_level[level] = _str(name, f"outputs: level {level}")
-        cell_levels = genotype.cell_levels if all(_is_int(lv) for lv in levels) else ()
+        genotype._check_fields()
+        cell_levels = genotype.cell_levels
         missing = [lv for lv in cell_levels if lv not in by_level]
         if missing:
             raise GenotypeError(f"outputs: no output for level(s) {missing}")
@@ -339,18 +344,30 @@ class Genotype:
         return genotype.validate()
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+        """YAML with one line per node, the way the shipped references are written."""
+        data = self.to_dict()
+        data["extra"] = _Flow(data["extra"])
+        data["nodes"] = [_Flow(node) for node in data["nodes"]]
+        data["outputs"] = _Flow(data["outputs"])
+        return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=120)
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<string>") -> "Genotype":
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise GenotypeError(f"{source}: not valid YAML: {err}") from None
+            raise GenotypeError(f"{source}: not valid YAML: {yaml_problem(err)}") from None
         try:
             return cls.from_dict(data)
         except GenotypeError as err:
             raise GenotypeError(f"{source}: {err}") from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: the problem and where."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{getattr(err, 'problem', None) or err}{where}".replace("\n", " ")
 
 
 def reference_names() -> list[str]:
@@ -381,6 +398,18 @@ def save_genotype(genotype: Genotype, path: str | Path) -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+class _Flow(dict):
+    """A mapping written on one line."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping(
+    "tag:yaml.org,2002:map", data.items(), flow_style=True))
+
+
 def _spell_out_unused(genotype: Genotype) -> Genotype:
     """Rewrite ``unused: sum`` as explicit nodes: the output node's merge keeps its inputs with
     op ``none``, and a ``sum`` node with the output's op adds the unread features of its level."""

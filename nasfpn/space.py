@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .genotype import (COMBINES, OPS, REFERENCE_DIR, TWO_INPUT_COMBINES, ExtraLevels, Genotype, GenotypeError,
-                       Node, _topological)
+                       Node, _topological, yaml_problem)
 
 CHOOSABLE = ("lateral", "extra", "downsample", "activation", "unused")
 SPACE_KEYS = ("name", "description", "cell", "choose", "nodes", "inputs", "combines", "ops", "outputs")
@@ -456,7 +456,7 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise SpaceError(f"{path}: not valid YAML: {err}") from None
+        raise SpaceError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
     try:
         return space_from_dict(data)
     except SpaceError as err:

@@ -1,0 +1,33 @@
+"""Parameters and multiply-adds of a neck, counted by torch's own FLOP counter."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .genotype import Genotype
+from .neck import build_neck, example_inputs
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def count_macs(module: nn.Module, inputs) -> int:
+    """Multiply-adds of one forward pass (convolutions and matrix products; torch's counter
+    reports 2 FLOPs per multiply-add). Pooling, resampling and elementwise merges are not
+    counted, as is usual for detection necks."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        module(inputs)
+    return counter.get_total_flops() // 2
+
+
+def neck_cost(genotype: Genotype, in_channels: Mapping[int, int], image_size: int = 512,
+              width: int | None = None) -> dict[str, int]:
+    """``{"params": ..., "macs": ...}`` of the neck for a square image of ``image_size``."""
+    neck = build_neck(genotype, in_channels, width).eval()
+    return {"params": count_params(neck), "macs": count_macs(neck, example_inputs(in_channels, image_size))}

@@ -1,0 +1,178 @@
+import dataclasses
+
+import pytest
+
+import nasfpn
+from nasfpn import Genotype, GenotypeError, Node, load_genotype, reference_names
+
+REFERENCES = ["bifpn", "fpn", "nasfpn", "panet"]
+
+# The seven blocks of the NAS-FPN cell as Google lists them, with the paper's rule for unused
+# features as data (unused: sum) instead of the explicit nodes of search_spaces/nasfpn.yaml.
+NASFPN_BLOCKS = [
+    {"inputs": ["P4", "P6"], "level": 4, "combine": "global_attention", "op": "relu_conv_bn"},
+    {"inputs": ["P4", "n0"], "level": 4, "combine": "sum", "op": "relu_conv_bn"},
+    {"inputs": ["P3", "n1"], "level": 3, "combine": "sum", "op": "relu_conv_bn"},
+    {"inputs": ["n1", "n2"], "level": 4, "combine": "sum", "op": "relu_conv_bn"},
+    {"inputs": ["n2", "n3"], "level": 5, "combine": "global_attention", "op": "relu_conv_bn"},
+    {"inputs": ["n1", "n4"], "level": 7, "combine": "global_attention", "op": "relu_conv_bn"},
+    {"inputs": ["n4", "n5"], "level": 6, "combine": "global_attention", "op": "relu_conv_bn"},
+]
+
+
+def nasfpn_blocks() -> Genotype:
+    data = load_genotype("nasfpn").to_dict()
+    data.update(nodes=NASFPN_BLOCKS, outputs={3: "n2", 4: "n3", 5: "n4", 6: "n6", 7: "n5"}, unused="sum")
+    return Genotype.from_dict(data)
+
+
+def fpn_dict() -> dict:
+    return load_genotype("fpn").to_dict()
+
+
+def test_references_load_by_name_and_path():
+    assert reference_names() == REFERENCES
+    for name in REFERENCES:
+        by_name = load_genotype(name)
+        by_path = load_genotype(nasfpn.genotype.REFERENCE_DIR / f"{name}.yaml")
+        assert by_name == by_path and by_name.name
+
+
+def test_reference_facts():
+    bifpn = load_genotype("bifpn")
+    assert (len(bifpn.nodes), bifpn.repeats, bifpn.width) == (8, 3, 64)
+    assert sum(n.combine == "weighted" for n in bifpn.nodes) == 8
+    nas = load_genotype("nasfpn")
+    assert (nas.repeats, nas.width) == (7, 256)
+    assert {n.combine for n in nas.nodes} == {"sum", "global_attention"}
+    assert load_genotype("fpn").cell_levels == (3, 4, 5)
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_yaml_round_trip(name, tmp_path):
+    genotype = load_genotype(name)
+    again = Genotype.from_yaml(genotype.to_yaml())
+    assert again == genotype and again.name == genotype.name
+    nasfpn.save_genotype(genotype, tmp_path / "g.yaml")
+    assert load_genotype(tmp_path / "g.yaml").to_dict() == genotype.to_dict()
+
+
+def test_genotype_is_immutable():
+    genotype = load_genotype("fpn")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        genotype.width = 3
+    assert isinstance(genotype.nodes, tuple) and isinstance(genotype.nodes[0].inputs, tuple)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["nodes"][1].update(inputs=["P4", "P9"]), "node n1: input 'P9' does not exist"),
+    (lambda d: d["nodes"][1].update(inputs=["P4", "n2"]), "node n1: input 'n2' is this node or a later one (a cycle)"),
+    (lambda d: d["nodes"][1].update(inputs=["n1"]), "node n1: input 'n1' is this node or a later one"),
+    (lambda d: d["nodes"][2].update(combine="concat"), "node n2: combine: unknown value 'concat'"),
+    (lambda d: d["nodes"][2].update(op="conv5x5"), "node n2: op: unknown value 'conv5x5'"),
+    (lambda d: d["nodes"][0].update(level=6), "node n0: level 6 is not one of the cell levels [3, 4, 5]"),
+    (lambda d: d["nodes"][0].update(level="5"), "node n0: level must be an integer"),
+    (lambda d: d["outputs"].pop(4), "outputs: no output for level(s) [4]"),
+    (lambda d: d["outputs"].update({4: "n3"}), "outputs: level 4 names 'n3', which is at level 3"),
+    (lambda d: d["outputs"].update({4: "n9"}), "outputs: level 4 names 'n9', which does not exist"),
+    (lambda d: d.update(nodes=[]), "nodes: the node list is empty"),
+    (lambda d: d.update(nodes="n0"), "nodes: must be a list"),
+    (lambda d: d["nodes"][1].update(inputs=["P4", "P4"]), "node n1: inputs ['P4', 'P4'] name the same input twice"),
+    (lambda d: d["nodes"][1].update(inputs=["P3", "P4", "P5", "n0"]), "node n1: inputs must list 1 to 3 names"),
+    (lambda d: d["nodes"][1].update(combine="global_attention", inputs=["P4"]), "merges exactly 2 inputs"),
+    (lambda d: d["nodes"][1].update(inputs=[4]), "node n1: inputs: 4 is not a name"),
+    (lambda d: d["nodes"][1].update(colour="red"), "node n1: unknown field(s) ['colour']"),
+    (lambda d: d.update(repeats=0), "repeats: must be a positive integer"),
+    (lambda d: d.update(width="wide"), "width: must be a positive integer"),
+    (lambda d: d.update(levels=[3, 5, 6]), "levels: must be ascending and consecutive"),
+    (lambda d: d.update(lateral="fancy"), "lateral: unknown value 'fancy'"),
+    (lambda d: d["extra"].update(source="c5"), "extra.source: unknown value 'c5'"),
+    (lambda d: d["extra"].update(ops=["conv", "avgpool"]), "extra.ops[1]: unknown value 'avgpool'"),
+    (lambda d: d.update(colour="red"), "unknown field(s) ['colour']"),
+])
+def test_validate_names_node_and_field(change, message):
+    data = fpn_dict()
+    change(data)
+    with pytest.raises(GenotypeError) as err:
+        Genotype.from_dict(data)
+    assert message in str(err.value)
+
+
+def test_validate_rejects_wrong_types_in_constructed_records():
+    genotype = load_genotype("fpn")
+    bad = genotype.replace(nodes=(Node(("P5",), 5, "sum", "conv3x3"), Node(["P4"], 4)))
+    with pytest.raises(GenotypeError, match="node n1: inputs must list"):
+        bad.validate()
+
+
+def test_load_errors_name_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("levels: [3\n")
+    with pytest.raises(GenotypeError, match="broken.yaml: not valid YAML"):
+        load_genotype(path)
+    path.write_text("- just a list\n")
+    with pytest.raises(GenotypeError, match="broken.yaml: a genotype must be a mapping"):
+        load_genotype(path)
+    with pytest.raises(GenotypeError, match="neither a file nor a reference"):
+        load_genotype("no_such_neck")
+
+
+def renumbered(genotype: Genotype, order: list[int]) -> Genotype:
+    """The same graph with its nodes listed in ``order``."""
+    rename = {f"n{old}": f"n{new}" for new, old in enumerate(order)}
+    nodes = tuple(dataclasses.replace(genotype.nodes[i], inputs=tuple(rename.get(n, n) for n in genotype.nodes[i].inputs))
+                  for i in order)
+    return genotype.replace(nodes=nodes, outputs=tuple(rename.get(n, n) for n in genotype.outputs)).validate()
+
+
+def test_hash_ignores_spelling():
+    panet = load_genotype("panet")
+    # n2 (FPN P3), n3 (FPN P4) and n4 (FPN P5) are independent of each other: list them in
+    # another order, and swap the inputs of a sum.
+    reordered = renumbered(panet, [0, 1, 4, 3, 2, 5, 6, 7, 8])
+    assert reordered.nodes != panet.nodes
+    assert reordered.hash() == panet.hash()
+    swapped = panet.replace(nodes=(Node(("P5", "P4"), 4),) + panet.nodes[1:])
+    assert swapped.hash() == panet.hash()
+    # A dead node (nobody reads it, no output names it) does not change the graph.
+    dead = panet.replace(nodes=panet.nodes + (Node(("P3", "n8"), 3, "sum", "conv3x3"),)).validate()
+    assert dead.hash() == panet.hash()
+    assert panet.replace(name="another name").hash() == panet.hash()
+    assert len(panet.hash()) == 64 and panet.hash() == load_genotype("panet").hash()
+
+
+def test_unused_rule_as_data_equals_explicit_nodes():
+    blocks = nasfpn_blocks()
+    assert len(blocks.nodes) == 7 and blocks.unused == "sum"
+    assert blocks.hash() == load_genotype("nasfpn").hash()
+    spelled = blocks.spelled_out()
+    assert spelled.unused == "drop" and len(spelled.nodes) == 9
+
+
+def test_different_graphs_hash_differently():
+    fpn = load_genotype("fpn")
+    variants = [
+        fpn,
+        fpn.replace(nodes=fpn.nodes[:3] + (Node(("P3", "n1"), 3, "sum", "relu_conv_bn"),)),
+        fpn.replace(nodes=fpn.nodes[:3] + (Node(("P3", "n2"), 3, "sum", "conv3x3"),)),
+        fpn.replace(nodes=fpn.nodes[:3] + (Node(("P3", "n1"), 3, "weighted", "conv3x3"),)),
+        fpn.replace(lateral="conv_bn"),
+        fpn.replace(repeats=2),
+        fpn.replace(width=128),
+        fpn.replace(extra=nasfpn.ExtraLevels("output", ("conv", "conv"))),
+    ] + [load_genotype(name) for name in ("panet", "bifpn", "nasfpn")]
+    hashes = {g.validate().hash() for g in variants}
+    assert len(hashes) == len(variants)
+
+
+def test_attention_orientation_is_part_of_the_graph():
+    nas = load_genotype("nasfpn")
+    avg = nas.replace(nodes=tuple(dataclasses.replace(n, combine="global_attention_avg")
+                                  if n.combine == "global_attention" else n for n in nas.nodes))
+    assert avg.hash() != nas.hash()
+
+
+def test_fields_without_effect_do_not_change_the_hash():
+    fpn = load_genotype("fpn")  # no downsampling edge, no sepconv
+    assert fpn.replace(downsample="conv", activation="swish").hash() == fpn.hash()
+    assert load_genotype("panet").replace(downsample="pool").hash() != load_genotype("panet").hash()

@@ -1,0 +1,151 @@
+from collections import OrderedDict
+
+import pytest
+import torch
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+import nasfpn
+from nasfpn import GenotypeError, build_neck, load_genotype
+from nasfpn.neck import example_inputs
+from nasfpn.ops import WeightedFusion, global_attention, global_attention_avg
+from nasfpn.profile import count_params, neck_cost
+
+RESNET50 = {3: 512, 4: 1024, 5: 2048}
+EFFICIENTNET_B0 = {3: 40, 4: 112, 5: 320}
+
+
+def test_fpn_matches_torchvision_exactly():
+    torch.manual_seed(0)
+    theirs = FeaturePyramidNetwork([512, 1024, 2048], 256, extra_blocks=LastLevelP6P7(256, 256)).eval()
+    ours = build_neck(load_genotype("fpn"), RESNET50, 256).eval()
+    assert count_params(ours) == count_params(theirs)
+    # torchvision's layers -> ours: laterals, 3x3 output convs (n0: P5, n2: P4, n3: P3), P6/P7.
+    mapping = {"inner_blocks.0.0": "lateral.p3", "inner_blocks.1.0": "lateral.p4", "inner_blocks.2.0": "lateral.p5",
+               "layer_blocks.0.0": "cells.0.n3.op", "layer_blocks.1.0": "cells.0.n2.op",
+               "layer_blocks.2.0": "cells.0.n0.op", "extra_blocks.p6": "extra.p6.conv", "extra_blocks.p7": "extra.p7.conv"}
+    state = {}
+    for key, value in theirs.state_dict().items():
+        prefix, param = key.rsplit(".", 1)
+        state[f"{mapping[prefix]}.{param}"] = value
+    ours.load_state_dict(state)  # strict: every parameter of ours is covered
+    x = example_inputs(RESNET50, 256, batch=2)
+    expected = theirs(OrderedDict(x))
+    got = ours(x)
+    assert list(got) == ["p3", "p4", "p5", "p6", "p7"]
+    for want, have in zip(expected.values(), got.values()):
+        assert want.shape == have.shape
+        torch.testing.assert_close(have, want, rtol=0, atol=1e-5)
+
+
+def test_bifpn_d0_parameter_count_matches_effdet():
+    # Reference: rwightman/efficientdet-pytorch (effdet 0.4.1), config "efficientdet_d0",
+    # BiFpn(config, feature_info) with EfficientNet-B0's C3-C5 channels (40, 112, 320) at
+    # reductions 8/16/32: sum(p.numel() for p in bifpn.parameters()) == 194,361 (measured with
+    # timm 1.0.31, torch 2.14.1). Its parts: P6 from C5 by 1x1 conv + BN 20,608; first-cell
+    # edge adapters 58,496; 24 fusion nodes of 4,802 / 4,803 parameters. ("tf_efficientdet_d0"
+    # keeps redundant conv biases: 196,281.)
+    reference = 194_361
+    ours = count_params(build_neck(load_genotype("bifpn"), EFFICIENTNET_B0))
+    assert abs(ours - reference) / reference < 0.01
+    assert ours == reference
+
+
+@pytest.mark.parametrize("name", ["fpn", "panet", "bifpn", "nasfpn"])
+def test_reference_forward_resnet50_shapes(name):
+    genotype = load_genotype(name)
+    neck = build_neck(genotype, RESNET50)
+    x = example_inputs(RESNET50, 512)  # C3-C5 of a 512 image: 64, 32, 16
+    before = {k: v.clone() for k, v in x.items()}
+    with torch.no_grad():
+        out = neck(x)
+    assert list(out) == ["p3", "p4", "p5", "p6", "p7"]
+    for level, tensor in zip(range(3, 8), out.values()):
+        assert tensor.shape == (1, genotype.width, 512 >> level, 512 >> level)
+        assert torch.isfinite(tensor).all()
+    assert neck.out_channels == genotype.width
+    assert all(torch.equal(before[k], x[k]) for k in x)  # the input is not mutated
+
+
+def test_reference_table(capsys):
+    rows = []
+    for name in ["fpn", "panet", "bifpn", "nasfpn"]:
+        cost = neck_cost(load_genotype(name), RESNET50, 512)
+        rows.append((name, cost["params"], cost["macs"]))
+    with capsys.disabled():
+        print("\nreference necks on ResNet-50 C3-C5, 512x512 input")
+        print(f"{'neck':8s} {'params':>12s} {'GMACs':>8s}")
+        for name, params, macs in rows:
+            print(f"{name:8s} {params:12,d} {macs / 1e9:8.2f}")
+    by_name = {name: (params, macs) for name, params, macs in rows}
+    # Sanity of relative costs: NAS-FPN 7@256 >> PANet > FPN > BiFPN (width 64).
+    assert by_name["nasfpn"][0] > by_name["panet"][0] > by_name["fpn"][0] > by_name["bifpn"][0]
+    assert by_name["fpn"][0] == 3_868_672  # equals torchvision's FPN, checked above
+
+
+def test_repeats_stack_cells_without_sharing():
+    genotype = load_genotype("nasfpn").replace(repeats=2, width=16)
+    neck = build_neck(genotype, {3: 8, 4: 8, 5: 8})
+    assert len(neck.cells) == 2
+    one = build_neck(genotype.replace(repeats=1), {3: 8, 4: 8, 5: 8})
+    cell_params = count_params(neck.cells[0])
+    assert count_params(neck) - count_params(one) == cell_params
+    assert neck.cells[0].n0.op.conv.weight is not neck.cells[1].n0.op.conv.weight
+
+
+def test_odd_input_sizes():
+    neck = build_neck(load_genotype("panet"), {3: 8, 4: 8, 5: 8}, width=8)
+    x = OrderedDict(c3=torch.rand(1, 8, 25, 19), c4=torch.rand(1, 8, 13, 10), c5=torch.rand(1, 8, 7, 5))
+    out = neck(x)
+    assert [tuple(t.shape[-2:]) for t in out.values()] == [(25, 19), (13, 10), (7, 5), (4, 3), (2, 2)]
+
+
+def test_in_channels_as_list_and_errors():
+    genotype = load_genotype("fpn")
+    assert count_params(build_neck(genotype, [8, 16, 32], 8)) == count_params(build_neck(genotype, {3: 8, 4: 16, 5: 32}, 8))
+    with pytest.raises(ValueError, match="in_channels must give a positive channel count for each backbone level"):
+        build_neck(genotype, {3: 8, 4: 16})
+    neck = build_neck(genotype, [8, 16, 32], 8)
+    with pytest.raises(ValueError, match="expected 3 backbone features"):
+        neck({"a": torch.rand(1, 8, 8, 8)})
+
+
+def test_pool_on_raw_c5_that_cannot_reach_width_is_an_error():
+    genotype = load_genotype("bifpn").replace(extra=nasfpn.ExtraLevels("backbone", ("pool", "pool")))
+    with pytest.raises(GenotypeError, match=r"extra.ops\[0\]: 'pool' keeps the 320 channels of C5"):
+        build_neck(genotype, EFFICIENTNET_B0)
+
+
+def test_unused_inputs_get_no_lateral():
+    fpn = load_genotype("fpn")
+    no_p3 = fpn.replace(nodes=fpn.nodes[:3] + (nasfpn.Node(("n1",), 3, "sum", "conv3x3"),))
+    neck = build_neck(no_p3, RESNET50)
+    assert "p3" not in neck.lateral and "p4" in neck.lateral
+
+
+def test_unused_sum_builds_the_explicit_cell():
+    from test_genotype import nasfpn_blocks
+    blocks = nasfpn_blocks().replace(repeats=1, width=16)
+    explicit = load_genotype("nasfpn").replace(repeats=1, width=16)
+    ch = {3: 8, 4: 8, 5: 8}
+    assert count_params(build_neck(blocks, ch)) == count_params(build_neck(explicit, ch))
+    assert len(build_neck(blocks, ch).cells[0].plan) == 9
+
+
+def test_combine_ops_follow_their_definitions():
+    hi, lo = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    gate = torch.sigmoid(hi.amax(dim=(2, 3), keepdim=True))
+    torch.testing.assert_close(global_attention(hi, lo), hi + lo * gate)
+    gate = torch.sigmoid(lo.mean(dim=(2, 3), keepdim=True))
+    torch.testing.assert_close(global_attention_avg(hi, lo), lo + hi * gate)
+    fusion = WeightedFusion(2)
+    with torch.no_grad():
+        fusion.weight.copy_(torch.tensor([3.0, -1.0]))  # relu clips the negative weight to 0
+    torch.testing.assert_close(fusion([hi, lo]), hi * 3.0 / (3.0 + 1e-4))
+
+
+def test_global_attention_takes_the_coarser_input_as_hi():
+    genotype = load_genotype("nasfpn").replace(repeats=1, width=4)
+    neck = build_neck(genotype, {3: 4, 4: 4, 5: 4})
+    # n0 merges P4 (finer) and P6 (coarser): P6 is "hi" although it is listed second.
+    assert neck.cells[0].n0.hi_first is False
