@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="the .py file to write")
     p.add_argument("--class-name", default="ExportedNeck", help="name of the module class (default ExportedNeck)")
     p.add_argument("--onnx", type=Path, default=None, help="also write an ONNX graph here (needs the onnx package)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="a state dict (torch.save of the neck's state_dict) to put in the ONNX graph")
     p.set_defaults(run=_export)
 
     p = sub.add_parser("draw", help="draw a genotype's cell (.png or .svg)")
@@ -106,6 +109,8 @@ def _info(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .export import export_neck
 
+    if args.weights is not None and args.onnx is None:
+        raise UsageError("--weights goes with --onnx (the .py module is written without weights)")
     if args.output.suffix != ".py":
         raise UsageError(f"-o {args.output}: the exported module must be a .py file")
     genotype = load_genotype(args.genotype)
@@ -113,9 +118,18 @@ def _export(args: argparse.Namespace) -> None:
     export_neck(genotype, channels, args.output, args.width, args.class_name)
     print(f"wrote {args.output}")
     if args.onnx is not None:
-        from .export import export_onnx
+        import torch
 
-        export_onnx(args.output, args.class_name, channels, args.onnx)
+        from .export import export_onnx, load_exported
+
+        neck = load_exported(args.output, args.class_name).eval()
+        if args.weights is not None:
+            try:  # weights_only: tensors, never arbitrary objects, from the user's file
+                state = torch.load(args.weights, map_location="cpu", weights_only=True)
+                neck.load_state_dict(state)
+            except (RuntimeError, pickle.UnpicklingError, KeyError) as err:
+                raise UsageError(f"--weights {args.weights}: not a state dict of this neck: {str(err).splitlines()[0]}") from None
+        export_onnx(neck, channels, args.onnx)
         print(f"wrote {args.onnx}")
 
 

@@ -30,6 +30,7 @@ COL, ROW = 1.55, 1.0              # column and row spacing
 NODE_W, NODE_H = 0.64, 0.25       # half sizes of a node box
 OUT_W, OUT_H = 0.40, 0.20         # half sizes of an output box
 IN_R = 0.21                       # radius of a cell-input circle
+MIN_WIDTH = 9.0                   # inches
 LANE = 0.42                       # offset of a lane along a row
 RADS = (0.06, -0.06, 0.1, -0.1, 0.15, -0.15, 0.2, -0.2, 0.3, -0.3, 0.45, -0.45)
 
@@ -62,6 +63,8 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
         boxes[f"out{level}"] = (x_out, row_y[level], OUT_W, OUT_H)
 
     x_lo, x_hi = -1.35, x_out + OUT_W + 0.25
+    pad = max(0.0, MIN_WIDTH - (x_hi - x_lo)) / 2     # room for the subtitle and the legend
+    x_lo, x_hi = x_lo - pad, x_hi + pad
     y_lo, y_hi = -0.75, row_y[rows[-1]] + 0.75
     top, bottom = 0.85, 0.45                   # inches for the title and the legend
     width, height = x_hi - x_lo, y_hi - y_lo + top + bottom
@@ -75,9 +78,9 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
     for level in rows:
         y = row_y[level]
         ax.axhline(y, color="#e6e6e6", lw=0.8, zorder=0)
-        ax.text(x_lo + 0.12, y + 0.05, f"P{level}", ha="left", va="bottom", fontsize=11,
+        ax.text(-1.23, y + 0.05, f"P{level}", ha="left", va="bottom", fontsize=11,
                 fontweight="bold", color="#444444")
-        ax.text(x_lo + 0.12, y - 0.02, f"stride {2 ** level}", ha="left", va="top", fontsize=6.5,
+        ax.text(-1.23, y - 0.02, f"stride {2 ** level}", ha="left", va="top", fontsize=6.5,
                 color="#777777")
 
     patches: dict[str, object] = {}
@@ -91,7 +94,7 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
         x, y, w, h = boxes[name]
         patches[name] = ax.add_patch(FancyBboxPatch(
             (x - w, y - h), 2 * w, 2 * h, boxstyle="round,pad=0,rounding_size=0.06",
-            fc="#e9f0fa" if node.op != "none" else "#ffffff", ec="#2d4d7a",
+            fc="#dce8f7" if node.op != "none" else "#ffffff", ec="#2d4d7a",
             lw=1.6 if name in outputs else 0.9, zorder=3))
         ax.text(x, y + 0.07, name, ha="center", va="center", fontsize=8, fontweight="bold", zorder=4)
         ax.text(x, y - 0.10, f"{COMBINE_LABELS.get(node.combine, node.combine)} · "
@@ -121,7 +124,7 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
             x, y, w, _ = boxes[f"out{level}"]
             ax.text(x + w + 0.04, y - ROW / 2, g.extra.ops[k].replace("_", "-"), ha="left",
                     va="center", fontsize=6.5, color="#8a6d1f", rotation=90)
-    placed: list[tuple[float, float]] = []
+    placed: set[tuple[int, int]] = set()
     for src, dst, color, style, lw in sorted(edges, key=lambda e: _length(boxes, e[0], e[1])):
         route = _route(boxes, src, dst, list(row_y.values()), (y_lo + 0.15, y_hi - 0.15), placed)
         where = ({"path": route} if isinstance(route, MplPath) else
@@ -139,7 +142,7 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
     handles = [Line2D([], [], color=UP, lw=1.4, label="from coarser (nearest upsample)"),
                Line2D([], [], color=DOWN, lw=1.4, label=f"from finer ({down})"),
                Line2D([], [], color=SAME, lw=1.4, label="same level"),
-               Patch(fc="#e9f0fa", ec="#2d4d7a", label="node with op"),
+               Patch(fc="#dce8f7", ec="#2d4d7a", label="node with op"),
                Patch(fc="#ffffff", ec="#2d4d7a", label="merge only")]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False,
                bbox_to_anchor=(0.5, 0.0), handlelength=2.0, columnspacing=1.6)
@@ -167,12 +170,16 @@ def _length(boxes: dict[str, tuple[float, float, float, float]], src: str, dst: 
     return abs(boxes[dst][0] - boxes[src][0]) + abs(boxes[dst][1] - boxes[src][1])
 
 
+def _cell(x: float, y: float) -> tuple[int, int]:
+    return round(x * 10), round(y * 10)
+
+
 def _route(boxes: dict[str, tuple[float, float, float, float]], src: str, dst: str,
-           rows: list[float], span: tuple[float, float], placed: list[tuple[float, float]]) -> str | MplPath:
+           rows: list[float], span: tuple[float, float], placed: set[tuple[int, int]]) -> str | MplPath:
     """The connection style whose curve crosses the fewest other shapes, stays out of the rows it
-    does not join, inside ``span`` (y) and off the curves in ``placed`` (which it extends): an
-    arc3 curve (rad among :data:`RADS`), or for a long edge along one row a rounded lane just
-    above or below the row when no gentle curve clears the boxes on it."""
+    does not join, inside ``span`` (y) and off the curves in ``placed`` (0.1-inch grid cells,
+    which it extends): an arc3 curve (rad among :data:`RADS`), or for a long edge along one row
+    a rounded lane just above or below the row when no gentle curve clears the boxes on it."""
     (x0, y0), (x2, y2) = boxes[src][:2], boxes[dst][:2]
     cx, cy = (x0 + x2) / 2, (y0 + y2) / 2
     others = [y for y in rows if y < min(y0, y2) - 1e-6 or y > max(y0, y2) + 1e-6]
@@ -198,10 +205,9 @@ def _route(boxes: dict[str, tuple[float, float, float, float]], src: str, dst: s
                 if name not in (src, dst) and abs(px - bx) < bw + 0.07 and abs(py - by) < bh + 0.07}
         astray = sum(any(abs(py - y) < 0.45 for y in others) for _, py in points) / len(points)
         outside = sum(not span[0] < py < span[1] for _, py in points)
-        crowded = sum(any(abs(px - ox) < 0.08 and abs(py - oy) < 0.08 for ox, oy in placed)
-                      for px, py in points[9:-9]) / len(points)
+        crowded = sum(_cell(px, py) in placed for px, py in points[9:-9]) / len(points)
         cost = 10 * (len(hits) + outside) + 4 * astray + 3 * crowded + base
         if cost < best_cost:
             best_cost, best, best_points = cost, style, points
-    placed.extend(best_points)
+    placed.update(_cell(px, py) for px, py in best_points)
     return best

@@ -214,21 +214,21 @@ def load_exported(path: str | Path, class_name: str = "ExportedNeck"):
     return getattr(module, class_name)()
 
 
-def export_onnx(module_path: str | Path, class_name: str, in_channels: Mapping[int, int], path: str | Path,
+def export_onnx(neck: "torch.nn.Module", in_channels: Mapping[int, int], path: str | Path,
                 image_size: int = 512) -> None:
-    """Trace an exported neck to ONNX, with the backbone levels as positional inputs ``c3``..
-    and the outputs ``p3``..; the spatial sizes are dynamic.
+    """Trace a neck (built or exported) to ONNX, with the backbone levels as positional inputs
+    ``c3``.. and the outputs ``p3``..; the spatial sizes are dynamic axes.
 
     Raises:
         ImportError: the optional ``onnx`` package is missing (``pip install onnx``).
     """
     import importlib.util
+    import warnings
 
     import torch
 
     if importlib.util.find_spec("onnx") is None:
         raise ImportError("ONNX export needs the optional onnx package: pip install onnx")
-    neck = load_exported(module_path, class_name).eval()
     levels = sorted(in_channels)
     names = [f"c{lv}" for lv in levels]
 
@@ -242,7 +242,11 @@ def export_onnx(module_path: str | Path, class_name: str, in_channels: Mapping[i
 
     example = tuple(torch.randn(1, in_channels[lv], image_size >> lv, image_size >> lv) for lv in levels)
     with torch.no_grad():
-        outputs = neck(dict(zip(names, example)))
+        outputs = list(neck(dict(zip(names, example))))
     axes = {name: {2: f"h_{name}", 3: f"w_{name}"} for name in [*names, *outputs]}
-    torch.onnx.export(Positional(), example, str(path), dynamo=False, input_names=names,
-                      output_names=list(outputs), dynamic_axes=axes)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # The torch.export-based exporter needs onnxscript; the TorchScript one needs only onnx.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(Positional().eval(), example, str(path), dynamo=False, input_names=names,
+                          output_names=outputs, dynamic_axes=axes)

@@ -13,7 +13,8 @@ it, and none keeps a private rule of its own. The rules of the language are all 
 * ``extra``: how the levels the backbone lacks are made, each from the one below it.
   ``source`` is where the first comes from: ``backbone`` (the raw top feature, C5),
   ``lateral`` (the top cell input, P5) or ``output`` (the neck's top output, after the last
-  cell, as torchvision's RetinaNet does). ``ops``, one per missing level: ``conv`` (3x3 stride-2
+  cell, as torchvision's RetinaNet does; not with ``edge_conv_bn``, which has no shared
+  lateral). ``ops``, one per missing level: ``conv`` (3x3 stride-2
   conv), ``relu_conv`` (ReLU then that conv), ``pool`` (2x2 max-pool), ``proj_pool`` (1x1 conv +
   BN, then 2x2 max-pool).
 * Cell inputs are named ``P{level}``: every level, or only the backbone's when
@@ -24,8 +25,11 @@ it, and none keeps a private rule of its own. The rules of the language are all 
   ``op``. ``global_attention`` (and ``global_attention_avg``) merge exactly two inputs.
 * ``outputs``: one name per cell level, giving that level's output.
 * ``unused``: what happens to a node or cell input that no node reads and no output names.
-  ``drop``: it is not computed. ``sum``: it is added to the output of its level before that
-  output's op (NAS-FPN's rule). :meth:`Genotype.canonical` spells ``sum`` out as explicit nodes.
+  ``drop``: it is not computed. ``sum`` (NAS-FPN's rule): it is added to the output of its level
+  before that output's op, if it is listed before that output node (cell inputs always are;
+  an output that is itself a cell input takes every unread node of its level); otherwise it is
+  dropped. Nodes reading that output see the sum. :meth:`Genotype.spelled_out` writes the rule
+  out as explicit nodes, and the builder, exporter and drawings work from that.
 * ``repeats``: the cell is stacked this many times, without sharing weights; cell ``k+1`` reads
   cell ``k``'s outputs as its inputs.
 * ``activation``: the activation before ``sepconv_bn`` (``relu`` or ``swish``).
@@ -180,6 +184,9 @@ class Genotype:
             raise GenotypeError(f"levels: must be a non-empty list of positive integers, got {list(levels)!r}")
         if list(levels) != list(range(levels[0], levels[0] + len(levels))):
             raise GenotypeError(f"levels: must be ascending and consecutive, got {list(levels)!r}")
+        if self.lateral == "edge_conv_bn" and self.extra.source == "lateral":
+            raise GenotypeError("extra.source: 'lateral' needs a shared lateral to start from, and "
+                                "lateral 'edge_conv_bn' has none; use 'backbone' (EfficientDet's way)")
         if len(self.extra.ops) >= len(levels):
             raise GenotypeError(
                 f"extra.ops: {len(self.extra.ops)} extra levels leave no backbone level in {list(levels)}")
@@ -187,7 +194,9 @@ class Genotype:
     # --- canonical form and hash ---------------------------------------------------------
     def canonical(self) -> "Genotype":
         """The same graph in one spelling: the ``unused`` rule spelled out as nodes, dead nodes
-        dropped, independent nodes ordered by structure, and fields with no effect reset."""
+        dropped, independent nodes ordered by structure, and fields with no effect reset.
+        (A cell whose outputs are all cell inputs has no live node: its canonical form has an
+        empty node list, which identifies it but is not itself a valid genotype.)"""
         genotype = self.spelled_out()
         live = genotype.live_nodes()
         signature: dict[str, str] = {name: name for name in genotype.cell_inputs}
@@ -314,6 +323,8 @@ class Genotype:
             nodes.append(Node(inputs=inputs, level=level,
                               combine=_str(raw.get("combine", "sum"), f"node n{i}: combine"),
                               op=_str(raw.get("op", "none"), f"node n{i}: op")))
+        if not nodes:
+            raise GenotypeError("nodes: the node list is empty")
         genotype = cls(
             levels=levels, nodes=tuple(nodes), outputs=(), extra=extra,
             lateral=_str(data.get("lateral", "conv"), "lateral"),
@@ -412,7 +423,13 @@ _Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping(
 
 def _spell_out_unused(genotype: Genotype) -> Genotype:
     """Rewrite ``unused: sum`` as explicit nodes: the output node's merge keeps its inputs with
-    op ``none``, and a ``sum`` node with the output's op adds the unread features of its level."""
+    op ``none``, and a ``sum`` node with the output's op adds the unread features of its level.
+
+    As in Google's NAS-FPN, an output node absorbs the unread features listed before it (cell
+    inputs always are); nodes that read the output then read the sum, which carries its op. An
+    output that is a cell input absorbs every unread node of its level and stays a plain input
+    for its other readers. Ordering by the list keeps this acyclic.
+    """
     if genotype.unused != "sum":
         return genotype
     read = {n for node in genotype.nodes for n in node.inputs}
@@ -422,7 +439,8 @@ def _spell_out_unused(genotype: Genotype) -> Genotype:
     rename: dict[str, str] = {}
     outputs = list(genotype.outputs)
     for k, (level, out) in enumerate(zip(genotype.cell_levels, genotype.outputs)):
-        extra = [n for n in unread if genotype.level_of(n) == level]
+        before = _name_order(out) if out.startswith("n") else (2, 0)
+        extra = [n for n in unread if genotype.level_of(n) == level and _name_order(n) < before]
         if not extra:
             continue
         op = "none"
@@ -435,12 +453,13 @@ def _spell_out_unused(genotype: Genotype) -> Genotype:
             take, extra = extra[: MAX_INPUTS - 1], extra[MAX_INPUTS - 1:]
             nodes.append(Node((current, *take), level, "sum", "none" if extra else op))
             current = f"n{len(nodes) - 1}"
-        rename[out] = current
+        if out.startswith("n"):
+            rename[out] = current
         outputs[k] = current
-    # Readers of a rewritten output now read the sum node that carries its op (it is later in
-    # the list, so move the readers after it by re-sorting topologically).
-    fixed = [dataclasses.replace(node, inputs=tuple(rename.get(n, n) if j < len(genotype.nodes) else n
-                                                    for n in node.inputs))
+    # Readers of a rewritten output node read the sum that now carries its op; the sums are at
+    # the end of the list, so the readers move after them by a topological re-sort.
+    original = len(genotype.nodes)
+    fixed = [dataclasses.replace(node, inputs=tuple(rename.get(n, n) for n in node.inputs)) if j < original else node
              for j, node in enumerate(nodes)]
     return _topological(genotype.replace(nodes=tuple(fixed), outputs=tuple(outputs), unused="drop"))
 

@@ -159,7 +159,7 @@ class Neck(nn.Module):
         lateral_width = {lv: (width if f"p{lv}" in self.lateral else in_channels[lv]) for lv in levels}
 
         self.extra = nn.ModuleDict()
-        c = in_channels[top] if source == "backbone" else width
+        c = {"backbone": in_channels[top], "lateral": lateral_width[top], "output": width}[source]
         for i, (level, op) in enumerate(zip(genotype.extra_levels, genotype.extra.ops)):
             if op == "pool" and c != width:
                 raise GenotypeError(f"extra.ops[{i}]: 'pool' keeps the {c} channels of C{top}; use "

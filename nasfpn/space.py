@@ -323,7 +323,7 @@ class Walk:
     def choices(self) -> list[int]:
         space, d = self.space, self.space.decisions[len(self.decisions)]
         if d.kind == "choose":
-            return list(range(d.size))
+            return [c for c, option in enumerate(space.choose[d.detail]) if self._compatible(d.detail, option)]
         if d.kind == "num_nodes":
             return list(range(d.size))
         if d.kind == "output":
@@ -355,6 +355,13 @@ class Walk:
         if d.kind == "combine":
             return [c for c, name in enumerate(space.combines) if node["k"] == 2 or name not in TWO_INPUT_COMBINES]
         return list(range(d.size))  # op
+
+    def _compatible(self, key: str, option: Any) -> bool:
+        """Whether a field option agrees with the fields already fixed or chosen."""
+        settled = {k: getattr(self.template, k) for k in CHOOSABLE if k not in self.space.choose or k in self.fields}
+        settled[key] = option
+        lateral, extra = settled.get("lateral"), settled.get("extra")
+        return not (lateral == "edge_conv_bn" and extra is not None and extra.source == "lateral")
 
     def step(self, choice: int) -> None:
         valid = self.choices()

@@ -176,3 +176,41 @@ def test_fields_without_effect_do_not_change_the_hash():
     fpn = load_genotype("fpn")  # no downsampling edge, no sepconv
     assert fpn.replace(downsample="conv", activation="swish").hash() == fpn.hash()
     assert load_genotype("panet").replace(downsample="pool").hash() != load_genotype("panet").hash()
+
+
+def test_unused_sum_follows_list_order_and_never_cycles():
+    # n2 and n3 are unread, but each is listed after the output of its level and reads the
+    # other level's output: absorbing them would make a cycle. They are dropped; n4 is unread
+    # and its level's output is the cell input P5, which absorbs it for the output only.
+    genotype = Genotype.from_dict({
+        "levels": [3, 4, 5], "unused": "sum",
+        "nodes": [{"inputs": ["P3"], "level": 3, "op": "conv3x3"},
+                  {"inputs": ["P4", "P5"], "level": 4, "op": "conv3x3"},
+                  {"inputs": ["n1"], "level": 3}, {"inputs": ["n0"], "level": 4},
+                  {"inputs": ["n1"], "level": 5}],
+        "outputs": {3: "n0", 4: "n1", 5: "P5"}})
+    spelled = genotype.spelled_out().validate()
+    live = [spelled.nodes[i] for i in sorted(spelled.live_nodes())]
+    assert Node(("P5", "n4"), 5, "sum", "none") in live
+    assert spelled.output_of(5) != "P5"
+    assert Node(("P4", "P5"), 4, "sum", "conv3x3") in live  # still reads the raw P5
+    assert len(live) == 4 and genotype.hash() == genotype.canonical().hash()
+
+
+def test_every_sample_of_the_wide_space_hashes():
+    from nasfpn.space import load_space
+
+    wide = load_space("wide")
+    for seed in range(300):
+        genotype = wide.decode(wide.sample(seed))
+        canonical = genotype.canonical()
+        if canonical.nodes:  # a cell whose outputs are all its inputs has no live node
+            assert canonical.hash() == genotype.hash()
+        genotype.spelled_out().validate()
+
+
+def test_edge_laterals_have_no_shared_lateral_to_start_extras_from():
+    data = load_genotype("bifpn").to_dict()
+    data["extra"]["source"] = "lateral"
+    with pytest.raises(GenotypeError, match="extra.source: 'lateral' needs a shared lateral"):
+        Genotype.from_dict(data)

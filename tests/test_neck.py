@@ -149,3 +149,20 @@ def test_global_attention_takes_the_coarser_input_as_hi():
     neck = build_neck(genotype, {3: 4, 4: 4, 5: 4})
     # n0 merges P4 (finer) and P6 (coarser): P6 is "hi" although it is listed second.
     assert neck.cells[0].n0.hi_first is False
+
+
+def test_samples_of_the_wide_space_build_and_export_identically(tmp_path):
+    from nasfpn.export import export_neck, load_exported
+    from nasfpn.space import load_space
+
+    wide = load_space("wide")
+    channels = {3: 8, 4: 16, 5: 32}
+    x = example_inputs(channels, 128)
+    for seed in range(25):
+        genotype = wide.decode(wide.sample(seed)).replace(width=8, repeats=2)
+        built = build_neck(genotype, channels).eval()
+        export_neck(genotype, channels, tmp_path / f"neck{seed}.py")
+        exported = load_exported(tmp_path / f"neck{seed}.py").eval()
+        exported.load_state_dict(built.state_dict())
+        want, got = built(x), exported(x)
+        assert all(torch.equal(want[k], got[k]) for k in want), seed

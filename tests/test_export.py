@@ -1,0 +1,122 @@
+import ast
+import importlib.util
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from nasfpn import Genotype, build_neck, load_genotype
+from nasfpn.export import export_neck, export_onnx, load_exported
+from nasfpn.neck import example_inputs
+
+SMALL = {3: 12, 4: 24, 5: 48}
+
+
+def small(name):
+    genotype = load_genotype(name)
+    return genotype.replace(repeats=min(genotype.repeats, 2), width=16)
+
+
+def trained_like(neck):
+    """Give every parameter and BN statistic a random value, so a wrong mapping shows."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for tensor in neck.state_dict().values():
+            if tensor.dtype.is_floating_point:
+                tensor.copy_(torch.rand_like(tensor) + 0.5)
+    return neck.eval()
+
+
+@pytest.mark.parametrize("name", ["fpn", "panet", "bifpn", "nasfpn"])
+def test_exported_module_matches_the_built_one(name, tmp_path):
+    genotype = small(name)
+    path = tmp_path / f"{name}_neck.py"
+    export_neck(genotype, SMALL, path)
+    built = trained_like(build_neck(genotype, SMALL))
+    exported = load_exported(path).eval()
+    exported.load_state_dict(built.state_dict())  # strict: same names, same shapes
+    x = example_inputs(SMALL, 128, batch=2)
+    want, got = built(x), exported(x)
+    assert list(got) == list(want)
+    for key in want:
+        assert torch.equal(want[key], got[key])
+    assert exported.out_channels == built.out_channels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but still works
+        scripted = torch.jit.script(exported)
+    for key, value in scripted(x).items():
+        assert torch.equal(value, want[key])
+    program = torch.export.export(exported, (x,))
+    for key, value in program.module()(x).items():
+        torch.testing.assert_close(value, want[key])
+
+
+def test_exported_file_is_readable_and_needs_only_torch(tmp_path):
+    path = tmp_path / "bifpn_neck.py"
+    source = export_neck(small("bifpn"), SMALL, path)
+    imports = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imports.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imports.add(node.module.split(".")[0])
+    assert imports == {"torch", "typing"}
+    # The forward spells out the graph, one node a line.
+    assert "n4 = self.n4.op(self.n4.fuse([p4, n2, downsample(n3, 2)]))" in source
+    assert "class FirstCell(nn.Module)" in source  # the first cell adapts backbone channels
+    # A fresh interpreter that cannot import nasfpn loads and runs it.
+    state = tmp_path / "state.pt"
+    torch.save(trained_like(build_neck(small("bifpn"), SMALL)).state_dict(), state)
+    script = f"""
+import sys, importlib.util, torch
+sys.modules['nasfpn'] = None  # any import of nasfpn now fails
+spec = importlib.util.spec_from_file_location('neck', {str(path)!r})
+module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+neck = module.ExportedNeck().eval()
+neck.load_state_dict(torch.load({str(state)!r}))
+x = {{f'c{{l}}': torch.rand(1, c, 128 >> l, 128 >> l) for l, c in {SMALL!r}.items()}}
+print(sorted(neck(x)))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['p3', 'p4', 'p5', 'p6', 'p7']"
+
+
+def test_user_text_never_reaches_code_unescaped(tmp_path):
+    hostile = 'x"""\nimport os; os.system("echo pwned")\n\'\'\' \\ {name}'
+    genotype = small("fpn").replace(name=hostile)
+    path = tmp_path / "neck.py"
+    source = export_neck(genotype, SMALL, path)
+    tree = ast.parse(source)
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert "os" not in names
+    spec = importlib.util.spec_from_file_location("hostile_neck", path)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    assert loaded.NAME == hostile
+    assert Genotype.from_yaml(loaded.GENOTYPE_YAML) == genotype
+    assert Genotype.from_yaml(loaded.GENOTYPE_YAML).name == hostile
+    with pytest.raises(ValueError, match="not a Python identifier"):
+        export_neck(genotype, SMALL, class_name="Neck(); import os")
+
+
+def test_onnx_export(tmp_path):
+    pytest.importorskip("onnx")
+    import onnx
+
+    genotype = small("nasfpn")
+    module = tmp_path / "neck.py"
+    export_neck(genotype, SMALL, module)
+    neck = trained_like(load_exported(module))
+    export_onnx(neck, SMALL, tmp_path / "neck.onnx", image_size=128)
+    model = onnx.load(str(tmp_path / "neck.onnx"))
+    onnx.checker.check_model(model)
+    assert [o.name for o in model.graph.output] == ["p3", "p4", "p5", "p6", "p7"]
+    ort = pytest.importorskip("onnxruntime")
+    x = example_inputs(SMALL, 256)  # another size than traced: the axes are dynamic
+    session = ort.InferenceSession(str(tmp_path / "neck.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {k: v.numpy() for k, v in x.items()})
+    for want, have in zip(neck(x).values(), got):
+        torch.testing.assert_close(torch.from_numpy(have), want, rtol=1e-4, atol=1e-4)
