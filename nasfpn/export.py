@@ -14,6 +14,8 @@ import keyword
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import torch
+
 from . import ops
 from .genotype import Genotype
 from .neck import Neck, build_neck
@@ -214,7 +216,7 @@ def load_exported(path: str | Path, class_name: str = "ExportedNeck"):
     return getattr(module, class_name)()
 
 
-def export_onnx(neck: "torch.nn.Module", in_channels: Mapping[int, int], path: str | Path,
+def export_onnx(neck: torch.nn.Module, in_channels: Mapping[int, int], path: str | Path,
                 image_size: int = 512) -> None:
     """Trace a neck (built or exported) to ONNX, with the backbone levels as positional inputs
     ``c3``.. and the outputs ``p3``..; the spatial sizes are dynamic axes.
@@ -224,8 +226,6 @@ def export_onnx(neck: "torch.nn.Module", in_channels: Mapping[int, int], path: s
     """
     import importlib.util
     import warnings
-
-    import torch
 
     if importlib.util.find_spec("onnx") is None:
         raise ImportError("ONNX export needs the optional onnx package: pip install onnx")

@@ -30,7 +30,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .genotype import (COMBINES, OPS, REFERENCE_DIR, TWO_INPUT_COMBINES, ExtraLevels, Genotype, GenotypeError,
-                       Node, _topological, yaml_problem)
+                       Node, yaml_problem)
+from .canonical import topological
 
 CHOOSABLE = ("lateral", "extra", "downsample", "activation", "unused")
 SPACE_KEYS = ("name", "description", "cell", "choose", "nodes", "inputs", "combines", "ops", "outputs")
@@ -417,7 +418,7 @@ def _outputs_last(genotype: Genotype) -> Genotype:
                                       for n in moved.nodes),
                           outputs=tuple(rename.get(x, x) for x in genotype.outputs))
     try:
-        return _topological(moved)
+        return topological(moved)
     except GenotypeError:
         return genotype
 
