@@ -68,6 +68,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="cell.png or cell.svg")
     p.set_defaults(run=_draw)
 
+    p = sub.add_parser("train", help="train and evaluate one neck in the proxy detector; print its AP")
+    p.add_argument("--genotype", default="fpn", help=f"a genotype YAML file or a reference name ({refs}; default fpn)")
+    p.add_argument("--config", type=Path, default=None, help="YAML with data:, backbone:, proxy: sections")
+    data_args(p)
+    p.add_argument("--steps", type=int, help="training steps (default 300)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int, help="letterboxed input size, a multiple of 128 (default 256)")
+    p.add_argument("--width", type=int, help="neck and head width (default 64)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("check-data", help="validate a COCO dataset and print a summary")
+    p.add_argument("annotations", type=Path, metavar="ANNOTATIONS.json")
+    p.add_argument("--images", type=Path, required=True, metavar="DIR")
+    p.set_defaults(run=_check_data)
+
+    p = sub.add_parser("convert-voc", help="convert a Pascal VOC folder (XML per image) to COCO JSON")
+    p.add_argument("voc_root", type=Path, metavar="VOC_DIR")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.json")
+    p.add_argument("--classes", default=None, help="comma-separated class names in label order (default: sorted)")
+    p.set_defaults(run=_convert_voc)
+
     p = sub.add_parser("sample", help="sample genotypes from a search space; profile, draw and export them")
     p.add_argument("--space", default="wide", help=f"a space YAML file or name ({', '.join(space_names())})")
     p.add_argument("-n", "--count", type=int, default=8, help="how many genotypes (default 8)")
@@ -77,6 +101,65 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=512)
     p.set_defaults(run=_sample)
     return parser
+
+
+def data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, metavar="ANN.json", help="COCO annotations (default: the built-in synthetic set)")
+    p.add_argument("--images", type=Path, metavar="DIR", help="the image folder of --data")
+    p.add_argument("--val-data", type=Path, metavar="ANN.json", help="a separate validation split "
+                   "(default: a deterministic split of --data)")
+    p.add_argument("--val-images", type=Path, metavar="DIR")
+    p.add_argument("--backbone", help="torchvision model name or package.module:attr (default resnet18)")
+    p.add_argument("--backbone-weights", type=Path, metavar="FILE", help="local state dict of the backbone")
+    p.add_argument("--return-nodes", help="comma-separated graph nodes of C3,C4,C5 (models not known by name)")
+    p.add_argument("--no-freeze", action="store_true", help="train the backbone too (no feature cache)")
+    p.add_argument("--warmup-steps", type=int, help="steps of backbone warm-up when it has no weights (default 400)")
+    p.add_argument("--no-cache", action="store_true", help="do not use the frozen-backbone feature cache")
+    p.add_argument("--cache-dir", type=Path, help="cache folder (default $NASFPN_CACHE or ~/.cache/nasfpn)")
+
+
+def _load_yaml(path: Path) -> dict:
+    import yaml
+
+    from .genotype import yaml_problem
+
+    if not path.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: must be a mapping of sections")
+    return data
+
+
+def task_configs(args: argparse.Namespace, config: dict):
+    """data / backbone / proxy configs from a YAML dict, command-line flags overriding it."""
+    from .task import BackboneConfig, DataConfig, section
+    from .train import ProxyConfig
+
+    data = dict(config.get("data") or {})
+    backbone = dict(config.get("backbone") or {})
+    proxy = dict(config.get("proxy") or {})
+    for flag, key in (("data", "annotations"), ("images", "images"), ("val_data", "val_annotations"),
+                      ("val_images", "val_images")):
+        if getattr(args, flag, None) is not None:
+            data[key] = str(getattr(args, flag))
+    if args.backbone:
+        backbone["name"] = args.backbone
+    if args.backbone_weights:
+        backbone["weights"] = str(args.backbone_weights)
+    if args.return_nodes:
+        backbone["return_nodes"] = args.return_nodes.split(",")
+    if args.no_freeze:
+        backbone["freeze"] = False
+    if args.warmup_steps is not None:
+        backbone["warmup_steps"] = args.warmup_steps
+    for key in ("steps", "batch_size", "image_size", "width", "seed", "threads"):
+        if getattr(args, key, None) is not None:
+            proxy[key] = getattr(args, key)
+    return section(DataConfig, data, "data"), section(BackboneConfig, backbone, "backbone"), ProxyConfig.from_dict(proxy)
 
 
 def _channels(text: str, levels: Sequence[int]) -> dict[int, int]:
@@ -138,6 +221,51 @@ def _draw(args: argparse.Namespace) -> None:
 
     genotype = load_genotype(args.genotype)
     print(f"wrote {draw_genotype(genotype, args.output)}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    import json
+
+    from .task import prepare_task
+    from .train import train_proxy
+
+    config = _load_yaml(args.config) if args.config else {}
+    unknown = sorted(set(config) - {"data", "backbone", "proxy"})
+    if unknown:
+        raise UsageError(f"{args.config}: unknown section(s) {unknown}; valid: ['backbone', 'data', 'proxy']")
+    data, backbone, proxy = task_configs(args, config)
+    genotype = load_genotype(args.genotype)
+    task = prepare_task(data, backbone, proxy, use_cache=not args.no_cache, cache_root=args.cache_dir)
+    result = train_proxy(genotype, task, proxy, report=lambda r: log.info("step %(step)d loss %(loss).4f", r))
+    print(f"genotype  {genotype.name or args.genotype} ({genotype.hash()[:12]})")
+    print(f"backbone  {backbone.name}, weights {task.backbone_weights}, "
+          f"{'frozen, features cached' if task.train_cache else 'frozen' if backbone.freeze else 'trained'}")
+    print(f"data      {len(task.train)} train / {len(task.val)} val images, {task.num_classes} classes, "
+          f"{proxy.image_size} px; {result['steps']} steps of {proxy.batch_size}")
+    if result["status"] != "ok":
+        print(f"FAILED    {result['error']}")
+    print("AP      AP50    AP75    AP_S    AP_M    AP_L")
+    print("  ".join(f"{result[m]:6.3f}" for m in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")))
+    print(f"neck      {result['params']:,} params, {result['macs'] / 1e9:.3f} GMACs at {proxy.image_size} px")
+    print(f"time      {result['seconds']:.1f} s (train {result['train_seconds']:.1f}, eval {result['eval_seconds']:.1f})")
+    if args.json:
+        args.json.write_text(json.dumps({"genotype": genotype.to_dict(), "hash": genotype.hash(), **result}, indent=1))
+
+
+def _check_data(args: argparse.Namespace) -> None:
+    from .data import check_dataset, format_summary
+
+    print(format_summary(check_dataset(args.annotations, args.images)))
+
+
+def _convert_voc(args: argparse.Namespace) -> None:
+    from .data import voc_to_coco
+
+    classes = args.classes.split(",") if args.classes else None
+    summary = voc_to_coco(args.voc_root, args.output, classes)
+    for warning in summary.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {args.output}: {summary['images']} images, {summary['boxes']} boxes, classes {summary['classes']}")
 
 
 def _sample(args: argparse.Namespace) -> None:

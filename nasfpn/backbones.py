@@ -1,0 +1,200 @@
+"""Backbones: any torchvision classification model (or a user's module) cut at C3..C5 with
+``torchvision.models.feature_extraction``, weights from a local file, optionally frozen.
+
+A backbone reports the channels of each level it returns, so a neck is built to fit it; levels
+are read off the output strides of a probe forward pass, so a user naming return nodes does not
+have to say which level each one is.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+log = logging.getLogger(__name__)
+
+# Return nodes of the models we know by name; any other torchvision model needs them given.
+KNOWN_RETURN_NODES: dict[str, tuple[str, ...]] = {
+    "resnet18": ("layer2", "layer3", "layer4"),
+    "resnet34": ("layer2", "layer3", "layer4"),
+    "resnet50": ("layer2", "layer3", "layer4"),
+    "resnet101": ("layer2", "layer3", "layer4"),
+    "mobilenet_v3_large": ("features.6", "features.12", "features.16"),
+    "mobilenet_v3_small": ("features.3", "features.8", "features.12"),
+    "efficientnet_b0": ("features.3", "features.5", "features.7"),
+}
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be built as asked (the message names the setting)."""
+
+
+class Backbone(nn.Module):
+    """A feature extractor returning ``OrderedDict`` ``c3``.. (finest first), with ``channels``
+    (level -> channels) and ``frozen`` set. A frozen backbone stays in eval mode."""
+
+    def __init__(self, body: nn.Module, channels: Mapping[int, int], frozen: bool, name: str):
+        super().__init__()
+        self.body = body
+        self.channels = dict(channels)
+        self.frozen = frozen
+        self.name = name
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> "OrderedDict[str, Tensor]":
+        """``images``: float in [0, 1], ImageNet-normalised here."""
+        feats = self.body((images - self.mean) / self.std)
+        return OrderedDict((f"c{level}", f) for level, f in zip(self.channels, feats.values()))
+
+    def train(self, mode: bool = True) -> "Backbone":
+        return super().train(mode and not self.frozen)
+
+
+def build_backbone(name: str, *, weights: str | Path | None = None, return_nodes: Sequence[str] | None = None,
+                   freeze: bool = True, probe_size: int = 256) -> Backbone:
+    """Build a backbone.
+
+    Args:
+        name: a torchvision classification model (``resnet18``, ``mobilenet_v3_large``, any name
+            ``torchvision.models.get_model`` knows), or ``package.module:attribute`` for your own
+            ``nn.Module`` class or factory (called with no arguments).
+        weights: a local state-dict file for the whole model (``torch.save(model.state_dict())``;
+            loaded with ``weights_only=True``). None: random initialisation, nothing downloaded.
+        return_nodes: graph nodes giving C3..C5 (finest first); needed for models not in
+            ``KNOWN_RETURN_NODES``. A user module without them must itself return a dict of maps.
+        freeze: no gradients, and BatchNorm frozen (``FrozenBatchNorm2d``).
+
+    Raises:
+        BackboneError: unknown model, bad return nodes, or weights that do not fit.
+    """
+    model = _model(name)
+    if weights is not None:
+        load_weights(model, weights)
+    if freeze:
+        model = freeze_batchnorm(model)
+    nodes = tuple(return_nodes) if return_nodes else KNOWN_RETURN_NODES.get(name)
+    if nodes:
+        try:
+            body = create_feature_extractor(model, return_nodes={n: n for n in nodes})
+        except (ValueError, KeyError) as err:
+            raise BackboneError(f"backbone {name!r}: return nodes {list(nodes)}: {err}") from None
+    elif ":" in name:
+        body = model
+    else:
+        raise BackboneError(f"backbone {name!r}: give return_nodes (the graph nodes of C3, C4, C5, finest first), "
+                            f"e.g. {list(KNOWN_RETURN_NODES['resnet50'])} for a ResNet")
+    channels = _probe_levels(body, name, probe_size)
+    if freeze:
+        for p in body.parameters():
+            p.requires_grad_(False)
+    backbone = Backbone(body, channels, freeze, name)
+    return backbone.train(False) if freeze else backbone
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict (``weights_only``: tensors, never arbitrary objects). Keys may be
+    wrapped in ``state_dict``/``model`` and prefixed ``module.``/``backbone.``; the classifier may
+    be missing. Anything else that does not fit is an error naming the keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"backbone weights {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several kinds for a file that is not a state dict
+        raise BackboneError(f"backbone weights {path}: not a state dict: {str(err).splitlines()[0]}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise BackboneError(f"backbone weights {path}: not a state dict")
+    for prefix in ("module.", "backbone.body.", "backbone."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
+        raise BackboneError(f"backbone weights {path} do not fit the model: {detail}") from None
+    head = ("fc.", "classifier.", "head.")
+    missing = [k for k in missing if not k.startswith(head)]
+    if missing or unexpected:
+        raise BackboneError(f"backbone weights {path} do not fit the model: missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]}")
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` by torchvision's ``FrozenBatchNorm2d`` with its statistics."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def weights_fingerprint(path: str | Path | None) -> str:
+    """A digest of a weights file (for cache keys); ``random`` for none."""
+    if path is None:
+        return "random"
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _model(name: str) -> nn.Module:
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise BackboneError(f"backbone {name!r}: cannot import it: {err}") from None
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise BackboneError(f"backbone {name!r}: calling it gave {type(model).__name__}, not an nn.Module")
+        return model
+    try:
+        return torchvision.models.get_model(name, weights=None)
+    except ValueError:
+        known = sorted(torchvision.models.list_models(module=torchvision.models))
+        raise BackboneError(f"backbone {name!r}: not a torchvision classification model; e.g. "
+                            f"{', '.join(k for k in known if k.startswith(('resnet', 'mobilenet')))}") from None
+
+
+@torch.no_grad()
+def _probe_levels(body: nn.Module, name: str, size: int) -> dict[int, int]:
+    """Channels per level, the level of each output read off its stride."""
+    was_training = body.training
+    body.eval()
+    out = body(torch.zeros(1, 3, size, size))
+    body.train(was_training)
+    if not isinstance(out, Mapping) or not out:
+        raise BackboneError(f"backbone {name!r} must return a dict of feature maps, got {type(out).__name__}")
+    channels: dict[int, int] = {}
+    for key, feat in out.items():
+        level = round(math.log2(size / feat.shape[-1]))
+        if level in channels:
+            raise BackboneError(f"backbone {name!r}: outputs {list(out)} have two maps at stride {2 ** level}")
+        channels[level] = feat.shape[1]
+    levels = list(channels)
+    if levels != list(range(levels[0], levels[0] + len(levels))):
+        raise BackboneError(f"backbone {name!r}: outputs {list(out)} are at strides {[2 ** lv for lv in levels]}; "
+                            "they must be consecutive levels, finest first (e.g. 8, 16, 32)")
+    return channels

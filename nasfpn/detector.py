@@ -1,0 +1,102 @@
+"""The proxy detector: backbone -> neck (any genotype) -> torchvision's RetinaNet head.
+
+torchvision's ``RetinaNet`` supplies the head, anchors, focal loss, box coding, matching and
+NMS; this module only routes around its image transform, because the proxy's images are already
+letterboxed to one size and, with a frozen backbone, its C3..C5 may come from the feature cache
+instead of the backbone.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.retinanet import RetinaNetHead
+
+from .genotype import Genotype
+from .neck import Neck, build_neck
+
+
+class _NoBackbone(nn.Module):
+    """RetinaNet insists on a backbone with ``out_channels``; ours lives beside it."""
+
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.out_channels = out_channels
+
+
+class ProxyDetector(nn.Module):
+    """A small RetinaNet whose neck is built from a genotype.
+
+    Args:
+        genotype: the neck.
+        in_channels: backbone channels per level (``Backbone.channels``).
+        num_classes: object classes (labels ``0..num_classes-1``).
+        image_size: the letterboxed input size.
+        backbone: the backbone module, or None when features always come from the cache.
+        width: neck and head width (the genotype's when None).
+        head_depth: 3x3 conv layers in each head subnet before its predictor (RetinaNet: 4).
+        anchor_scale: anchor size in strides (RetinaNet: 4, i.e. 32 px at P3); 3 scales x 3
+            aspect ratios per position as in RetinaNet.
+        score_thresh, nms_thresh, detections_per_img: postprocessing, torchvision's meaning.
+    """
+
+    def __init__(self, genotype: Genotype, in_channels: Mapping[int, int], num_classes: int, image_size: int, *,
+                 backbone: nn.Module | None = None, width: int | None = None, head_depth: int = 4,
+                 anchor_scale: float = 4.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
+                 detections_per_img: int = 100):
+        super().__init__()
+        if not 0 <= head_depth <= 4:
+            raise ValueError(f"head_depth must be 0..4 (torchvision's head has 4 layers), got {head_depth}")
+        self.backbone = backbone
+        self.neck: Neck = build_neck(genotype, in_channels, width)
+        self.image_size = image_size
+        levels = genotype.levels
+        sizes = tuple(tuple(anchor_scale * 2 ** lv * 2 ** (k / 3) for k in range(3)) for lv in levels)
+        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(levels))
+        head = RetinaNetHead(self.neck.out_channels, anchors.num_anchors_per_location()[0], num_classes)
+        for subnet in (head.classification_head, head.regression_head):
+            subnet.conv = subnet.conv[:head_depth]  # torchvision builds 4; the proxy may keep fewer
+        self.retinanet = RetinaNet(_NoBackbone(self.neck.out_channels), num_classes, min_size=image_size,
+                                   max_size=image_size, anchor_generator=anchors, head=head,
+                                   score_thresh=score_thresh, nms_thresh=nms_thresh,
+                                   detections_per_img=detections_per_img)
+
+    def features(self, images: Tensor) -> "Dict[str, Tensor]":
+        if self.backbone is None:
+            raise RuntimeError("this proxy has no backbone: pass cached features")
+        return self.backbone(images)
+
+    def forward(self, images: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None,
+                features: Optional[Dict[str, Tensor]] = None):
+        """Training: losses ``{"classification", "bbox_regression"}``. Eval: detections per
+        image (``boxes`` xyxy in canvas pixels, ``scores``, ``labels``).
+
+        Args:
+            images: float ``[B, 3, S, S]`` in [0, 1], letterboxed; or None with ``features``.
+            targets: per image ``boxes`` (xyxy, canvas pixels) and ``labels`` (training only).
+            features: C3..C5 from the cache, instead of running the backbone.
+        """
+        if features is None:
+            features = self.features(images)
+        pyramid = list(self.neck(features).values())
+        batch = pyramid[0].shape[0]
+        head_outputs = self.retinanet.head(pyramid)
+        # The anchor generator reads only the canvas size, device and dtype of the image batch.
+        canvas = ImageList(pyramid[0].new_empty(batch, 0, self.image_size, self.image_size),
+                           [(self.image_size, self.image_size)] * batch)
+        anchors = self.retinanet.anchor_generator(canvas, pyramid)
+        if self.training:
+            if targets is None:
+                raise ValueError("training needs targets")
+            return self.retinanet.compute_loss(targets, head_outputs, anchors)
+        # As RetinaNet.forward does in eval: split per level, then decode, score and NMS.
+        per_level = [x.shape[2] * x.shape[3] for x in pyramid]
+        per_anchor = head_outputs["cls_logits"].shape[1] // sum(per_level)
+        split = [n * per_anchor for n in per_level]
+        split_outputs = {k: list(v.split(split, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(a.split(split)) for a in anchors]
+        return self.retinanet.postprocess_detections(split_outputs, split_anchors, canvas.image_sizes)

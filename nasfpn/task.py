@@ -1,0 +1,121 @@
+"""Prepare what every candidate of a search shares: data splits, backbone, feature caches.
+
+Where the backbone has no pretrained weights (the built-in data set, offline machines), a short
+warm-up trains it once inside the FPN-baseline proxy on the training split; the warm-up is
+cached by everything it depends on, and its file is named in every result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+from .backbones import build_backbone, weights_fingerprint
+from .cache import FeatureCache, dataset_fingerprint, default_cache_root
+from .genotype import load_genotype
+from .train import ProxyConfig, ProxyTask, train_proxy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from. No ``annotations``: the built-in synthetic set."""
+    annotations: Optional[str] = None
+    images: Optional[str] = None
+    val_annotations: Optional[str] = None
+    val_images: Optional[str] = None
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    synthetic_images: int = 800
+    synthetic_seed: int = 0
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which backbone, from which weights; ``warmup_steps`` trains it first when it has none."""
+    name: str = "resnet18"
+    weights: Optional[str] = None
+    return_nodes: Optional[Sequence[str]] = None
+    freeze: bool = True
+    warmup_steps: int = 400
+    warmup_lr: float = 1e-3
+
+
+def section(cls, data: Mapping[str, Any] | None, name: str):
+    """Build a config dataclass from a YAML section; unknown keys name the valid ones."""
+    data = dict(data or {})
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ValueError(f"{name}: unknown key(s) {unknown}; valid keys are {valid}")
+    return cls(**data)
+
+
+def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig, *, use_cache: bool = True,
+                 cache_root: str | Path | None = None) -> ProxyTask:
+    """Datasets, backbone (warmed up if needed) and feature caches, once per search."""
+    from .data import DetectionDataset, split_ids, synthetic_dataset
+
+    root = Path(cache_root) if cache_root else default_cache_root()
+    if data.annotations is None:
+        annotations, images = synthetic_dataset(root, num_images=data.synthetic_images, seed=data.synthetic_seed)
+    else:
+        if data.images is None:
+            raise ValueError("data.images: the image folder of data.annotations is missing")
+        annotations, images = data.annotations, data.images
+    size = proxy.image_size
+    if data.val_annotations:
+        train = DetectionDataset(annotations, images, size)
+        val = DetectionDataset(data.val_annotations, data.val_images or images, size)
+    else:
+        everything = DetectionDataset(annotations, images, size)
+        train_ids, val_ids = split_ids(everything.image_ids, data.val_fraction, data.split_seed)
+        train = DetectionDataset(everything.coco, images, size, image_ids=train_ids)
+        val = DetectionDataset(everything.coco, images, size, image_ids=val_ids)
+    weights = backbone.weights
+    if weights is None and backbone.freeze and backbone.warmup_steps > 0:
+        weights = str(warmup_backbone(train, val, backbone, proxy, root))
+    net = build_backbone(backbone.name, weights=weights, return_nodes=backbone.return_nodes, freeze=backbone.freeze,
+                         probe_size=size)
+    weights_id = weights_fingerprint(weights)
+    task = ProxyTask(train, val, net, backbone_weights=str(weights) if weights else "random")
+    if backbone.freeze and use_cache:
+        task.train_cache = FeatureCache.build(net, train, root, flips=(False, True), weights_id=weights_id)
+        task.val_cache = FeatureCache.build(net, val, root, flips=(False,), weights_id=weights_id)
+    return task
+
+
+def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, root: Path) -> Path:
+    """Train the backbone inside an FPN proxy for ``warmup_steps``; cached by its inputs."""
+    key = {"dataset": dataset_fingerprint(train), "backbone": backbone.name, "return_nodes": backbone.return_nodes,
+           "steps": backbone.warmup_steps, "lr": backbone.warmup_lr, "size": proxy.image_size, "seed": proxy.seed,
+           "width": proxy.width, "head_depth": proxy.head_depth, "torch": torch.__version__.split("+")[0]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = root / "warmup" / f"{backbone.name}-{digest}.pt"
+    if path.is_file():
+        log.info("warm-up backbone from cache: %s", path)
+        return path
+    log.warning("warming up %s for %d steps on %d training images (once; cached in %s)",
+                backbone.name, backbone.warmup_steps, len(train), path)
+    net = build_backbone(backbone.name, return_nodes=backbone.return_nodes, freeze=False, probe_size=proxy.image_size)
+    config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0)
+    result = train_proxy(load_genotype("fpn"), ProxyTask(train, val, net), config)
+    if result["status"] != "ok":
+        raise RuntimeError(f"backbone warm-up failed: {result['error']}")
+    log.warning("warm-up done in %.0f s: FPN proxy AP %.3f on the validation split", result["seconds"], result["ap"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(net.body.state_dict(), tmp)
+    os.replace(tmp, path)
+    (path.with_suffix(".json")).write_text(json.dumps({**key, "result": result}, indent=1))
+    return path

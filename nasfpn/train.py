@@ -1,0 +1,216 @@
+"""Train one proxy detector with a candidate neck and score it: the reward of a search.
+
+``ProxyTask`` is what every candidate of a search shares (data splits, the backbone, the
+feature caches); it is prepared once. ``train_proxy(genotype, task, config)`` trains a fresh
+detector for a fixed step budget and returns a plain dict: COCO AP and its breakdown, the neck's
+parameters and multiply-adds, wall time, and a status. A non-finite or exploding loss ends the
+trial with ``status: "failed"`` instead of an exception, so a search goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+import torch
+
+from .cache import FeatureCache
+from .detector import ProxyDetector
+from .evaluate import METRICS, evaluate
+from .genotype import Genotype
+from .profile import count_macs, count_params
+from .neck import example_inputs
+
+log = logging.getLogger(__name__)
+Reporter = Callable[[Dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """How a candidate is trained and scored (one recipe for every neck of a search)."""
+    image_size: int = 256
+    width: int = 64
+    head_depth: int = 2
+    anchor_scale: float = 2.0
+    steps: int = 300
+    batch_size: int = 8
+    optimizer: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 30
+    grad_clip: float = 5.0
+    seed: int = 0
+    report_every: int = 25
+    eval_every: int = 0
+    max_loss: float = 1e3
+    threads: Optional[int] = None
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("image_size", "width", "steps", "batch_size") and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"proxy.{f.name}: must be a positive integer, got {value!r}")
+        if self.image_size % 128:
+            raise ValueError(f"proxy.image_size: must be a multiple of 128 (P7's stride), got {self.image_size}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"proxy.optimizer: 'adamw' or 'sgd', got {self.optimizer!r}")
+        if not 0 <= self.head_depth <= 4:
+            raise ValueError(f"proxy.head_depth: 0..4, got {self.head_depth!r}")
+        if self.lr <= 0 or self.grad_clip <= 0:
+            raise ValueError("proxy.lr and proxy.grad_clip must be positive")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "ProxyConfig":
+        data = dict(data or {})
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(f"proxy: unknown key(s) {unknown}; valid keys are {valid}")
+        return cls(**data)
+
+
+@dataclass
+class ProxyTask:
+    """Data splits, backbone and feature caches shared by every candidate of a search."""
+    train: Any
+    val: Any
+    backbone: Any
+    train_cache: Optional[FeatureCache] = None
+    val_cache: Optional[FeatureCache] = None
+    backbone_weights: str = "random"
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    def batch(self, split: str, indices: List[int], flips: List[bool]):
+        """(images or None, features or None, targets) for dataset indices of a split."""
+        dataset, cache = (self.train, self.train_cache) if split == "train" else (self.val, self.val_cache)
+        if cache is not None:
+            return None, cache.features(indices, flips), cache.batch_targets(indices, flips)
+        loaded = [dataset.load(i, flip=f) for i, f in zip(indices, flips)]
+        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for _, t in loaded]
+        return torch.stack([img for img, _ in loaded]), None, targets
+
+
+def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
+                report: Optional[Reporter] = None) -> Dict[str, Any]:
+    """Train a proxy detector with ``genotype``'s neck and evaluate it on the validation split.
+
+    Args:
+        report: called every ``config.report_every`` steps with ``{"step", "loss"}`` and, every
+            ``config.eval_every`` steps, the AP metrics too (what ASHA stops trials on).
+
+    Returns:
+        ``status`` ("ok" or "failed"), ``error``, the AP metrics, ``params``/``macs`` of the neck,
+        ``steps`` done, ``train_seconds``, ``eval_seconds``, ``seconds``, ``final_loss``.
+    """
+    start = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cached = task.train_cache is not None
+    model = ProxyDetector(genotype, task.backbone.channels, task.num_classes, config.image_size,
+                          backbone=None if cached else task.backbone, width=config.width,
+                          head_depth=config.head_depth, anchor_scale=config.anchor_scale).to(device)
+    neck_cost = _neck_cost(model, task.backbone.channels, config.image_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    order = torch.Generator().manual_seed(config.seed)
+    permutation: List[int] = []
+    result: Dict[str, Any] = {"status": "ok", "error": None, **neck_cost, "steps": 0}
+    loss_value = math.nan
+    model.train()
+    for step in range(1, config.steps + 1):
+        if len(permutation) < config.batch_size:
+            permutation += torch.randperm(len(task.train), generator=order).tolist()
+        indices, permutation = permutation[:config.batch_size], permutation[config.batch_size:]
+        flips = (torch.rand(len(indices), generator=order) < 0.5).tolist()
+        images, features, targets = task.batch("train", indices, flips)
+        images, features, targets = _to(device, images, features, targets)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            losses = model(images, targets, features)
+            loss = sum(losses.values())
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value) or loss_value > config.max_loss:
+            result.update(status="failed", error=f"loss {loss_value:.4g} at step {step} (non-finite or above "
+                                                 f"max_loss {config.max_loss:g})", steps=step)
+            break
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step()
+        result["steps"] = step
+        metrics: Dict[str, Any] = {}
+        if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            metrics = _evaluate(model, task, device)
+            model.train()
+        if report is not None and (metrics or step % config.report_every == 0):
+            report({"step": step, "loss": loss_value, **metrics})
+    result["final_loss"] = loss_value
+    result["train_seconds"] = round(time.perf_counter() - start, 3)
+    if result["status"] == "ok":
+        eval_start = time.perf_counter()
+        result.update(_evaluate(model, task, device))
+        result["eval_seconds"] = round(time.perf_counter() - eval_start, 3)
+    else:
+        result.update({m: 0.0 for m in METRICS})
+        result["eval_seconds"] = 0.0
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def _evaluate(model: ProxyDetector, task: ProxyTask, device: torch.device) -> Dict[str, float]:
+    model.eval()
+
+    def detect(indices: List[int]):
+        images, features, _ = task.batch("val", indices, [False] * len(indices))
+        images, features, _ = _to(device, images, features, None)
+        return model(images, None, features)
+
+    return evaluate(detect, task.val)
+
+
+def _neck_cost(model: ProxyDetector, channels: Mapping[int, int], image_size: int) -> Dict[str, int]:
+    neck = model.neck
+    device = next(neck.parameters()).device
+    was_training = neck.training
+    neck.eval()
+    x = {k: v.to(device) for k, v in example_inputs(channels, image_size).items()}
+    cost = {"params": count_params(neck), "macs": count_macs(neck, x)}
+    neck.train(was_training)
+    return cost
+
+
+def _lr_factor(step: int, config: ProxyConfig) -> float:
+    """Linear warm-up, then cosine decay to 0 over the step budget."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _to(device, images, features, targets):
+    if images is not None:
+        images = images.to(device, non_blocking=True)
+    if features is not None:
+        features = {k: v.to(device, non_blocking=True) for k, v in features.items()}
+    if targets is not None:
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    return images, features, targets
