@@ -129,4 +129,4 @@ class FeatureCache:
         meta = {**key, "count": n, "levels": sorted(arrays), "shapes": shapes, "image_ids": list(dataset.image_ids),
                 "targets": targets, "seconds": round(time.perf_counter() - start, 2)}
         (folder / "meta.json").write_text(json.dumps(meta))
-        log.info("feature cache: %d images x %d flips in %.1f s -> %s", n, len(flips), meta["seconds"], folder)
+        log.info("feature cache: %d images x %d flips in %.1f s", n, len(flips), meta["seconds"])

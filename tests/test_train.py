@@ -1,0 +1,130 @@
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from nasfpn import load_genotype
+from nasfpn.backbones import build_backbone
+from nasfpn.cache import FeatureCache
+from nasfpn.cli import main
+from nasfpn.data import DetectionDataset, split_ids, synthetic_dataset
+from nasfpn.evaluate import coco_ap, coco_detections
+from nasfpn.train import ProxyConfig, ProxyTask, train_proxy
+
+TINY = ProxyConfig(image_size=128, width=16, head_depth=1, steps=4, batch_size=4, report_every=2, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    ann, images = synthetic_dataset(root, num_images=16, image_size=128, seed=3)
+    everything = DetectionDataset(ann, images, 128)
+    train_ids, val_ids = split_ids(everything.image_ids, 0.25, 0)
+    return (DetectionDataset(everything.coco, images, 128, image_ids=train_ids),
+            DetectionDataset(everything.coco, images, 128, image_ids=val_ids), root)
+
+
+@pytest.fixture(scope="module")
+def task(splits):
+    train, val, root = splits
+    backbone = build_backbone("resnet18", probe_size=128)
+    return ProxyTask(train, val, backbone,
+                     train_cache=FeatureCache.build(backbone, train, root, flips=(False, True)),
+                     val_cache=FeatureCache.build(backbone, val, root, flips=(False,)))
+
+
+def test_ground_truth_scores_ap_one(splits):
+    """The evaluation path (canvas boxes -> original pixels -> COCO records -> pycocotools)."""
+    _, val, _ = splits
+    detections = []
+    for index, image_id in enumerate(val.image_ids):
+        for flip in (False, True):
+            _, target = val.load(index, flip=flip)
+            boxes = target["boxes"]
+            if flip:  # un-mirror the canvas: detections are reported unflipped
+                boxes = torch.stack([val.size - boxes[:, 2], boxes[:, 1], val.size - boxes[:, 0], boxes[:, 3]], 1)
+            det = {"boxes": boxes, "scores": torch.ones(len(boxes)), "labels": target["labels"]}
+            if not flip:
+                detections.append((image_id, det))
+            else:
+                torch.testing.assert_close(boxes, detections[-1][1]["boxes"])
+    metrics = coco_ap(val.coco, coco_detections(detections, val), val.image_ids)
+    assert metrics["ap"] > 0.97  # letterbox round trip costs a fraction of a pixel
+    assert coco_ap(val.coco, [], val.image_ids)["ap"] == 0.0
+
+
+def test_train_proxy_with_the_cache(task):
+    reports = []
+    result = train_proxy(load_genotype("fpn"), task, TINY, report=reports.append)
+    assert result["status"] == "ok" and result["steps"] == 4
+    for key in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "params", "macs", "seconds"):
+        assert key in result
+    assert 0.0 <= result["ap"] <= 1.0 and result["params"] > 0 and result["macs"] > 0
+    assert [r["step"] for r in reports] == [2, 4]
+    again = train_proxy(load_genotype("fpn"), task, TINY)
+    assert again["final_loss"] == result["final_loss"]  # seeded
+
+
+def test_cached_and_uncached_training_agree(task):
+    uncached = ProxyTask(task.train, task.val, task.backbone)
+    a = train_proxy(load_genotype("panet"), task, dataclasses.replace(TINY, steps=1))
+    b = train_proxy(load_genotype("panet"), uncached, dataclasses.replace(TINY, steps=1))
+    assert math.isclose(a["final_loss"], b["final_loss"], rel_tol=2e-3)  # float16 cache
+
+
+def test_intermediate_evaluation_for_schedulers(task):
+    reports = []
+    train_proxy(load_genotype("bifpn"), task, dataclasses.replace(TINY, eval_every=2), report=reports.append)
+    assert "ap" in reports[0] and reports[0]["step"] == 2
+
+
+def test_exploding_loss_fails_the_trial_not_the_search(task):
+    result = train_proxy(load_genotype("fpn"), task, dataclasses.replace(TINY, max_loss=1e-6))
+    assert result["status"] == "failed" and "loss" in result["error"] and result["steps"] == 1
+    assert result["ap"] == 0.0
+
+
+def test_cache_is_reused_and_invalidated(splits, task):
+    train, _, root = splits
+    again = FeatureCache.build(task.backbone, train, root, flips=(False, True))
+    assert again.folder == task.train_cache.folder
+    other_weights = FeatureCache.build(task.backbone, train, root, flips=(False, True), weights_id="abc")
+    assert other_weights.folder != task.train_cache.folder
+    from nasfpn.cache import dataset_fingerprint
+    images = root / next(p.name for p in root.iterdir() if p.name.startswith("synthetic")) / "images"
+    bigger = DetectionDataset(train.coco, images, 256, image_ids=train.image_ids)
+    assert dataset_fingerprint(bigger) != dataset_fingerprint(train)
+    fewer = DetectionDataset(train.coco, images, 128, image_ids=train.image_ids[:-1])
+    assert dataset_fingerprint(fewer) != dataset_fingerprint(train)
+    features = task.train_cache.features([0, 1], [False, True])
+    assert list(features) == ["c3", "c4", "c5"] and features["c3"].shape == (2, 128, 16, 16)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"proxy: unknown key\(s\) \['stepz'\]"):
+        ProxyConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="proxy.image_size: must be a multiple of 128"):
+        ProxyConfig(image_size=200)
+
+
+def test_train_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "result.json"
+    code = main(["train", "--genotype", "fpn", "--steps", "2", "--batch-size", "2", "--image-size", "128",
+                 "--width", "8", "--warmup-steps", "1", "--cache-dir", str(tmp_path), "--json", str(out),
+                 "--config", str(_config(tmp_path))])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "AP      AP50" in printed and "warmup" in printed
+    assert json.loads(out.read_text())["status"] == "ok"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("proxy: {stepz: 2}\n")
+    assert main(["train", "--config", str(bad), "--cache-dir", str(tmp_path)]) == 2
+    assert "proxy: unknown key(s) ['stepz']" in capsys.readouterr().err
+
+
+def _config(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("data: {synthetic_images: 12}\nproxy: {head_depth: 1}\n")
+    return path
