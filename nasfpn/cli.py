@@ -263,9 +263,9 @@ def _convert_voc(args: argparse.Namespace) -> None:
 
     classes = args.classes.split(",") if args.classes else None
     summary = voc_to_coco(args.voc_root, args.output, classes)
-    for warning in summary.get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"wrote {args.output}: {summary['images']} images, {summary['boxes']} boxes, classes {summary['classes']}")
+    warnings = summary.get("warnings", [])  # each was logged as it was found
+    print(f"wrote {args.output}: {summary['images']} images, {summary['boxes']} boxes, classes {summary['classes']}"
+          + (f"; {len(warnings)} warning(s) above" if warnings else ""))
 
 
 def _sample(args: argparse.Namespace) -> None:
