@@ -81,6 +81,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.set_defaults(run=_train)
 
+    p = sub.add_parser("search", help="run a neck search (no arguments: the built-in quickstart)")
+    p.add_argument("--config", type=Path, default=None, help="YAML overriding any part: data, backbone, proxy, space, "
+                   "controller, search, scheduler, resources, ray, reward")
+    p.add_argument("--space", help="search space name or YAML (default wide)")
+    p.add_argument("--controller", help="controller name or YAML: ppo, reinforce, evolution, random (default ppo)")
+    p.add_argument("--trials", type=int, help="trial budget, baselines included (default 14)")
+    p.add_argument("--concurrent", type=int, help="trials at once (default 2)")
+    p.add_argument("--steps", type=int, help="proxy training steps per trial (default 300)")
+    p.add_argument("--no-asha", action="store_true", help="no early stopping")
+    data_args(p)
+    p.add_argument("--out", type=Path, help="experiment folder (default runs/<space>-<controller>-<time>)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the search in DIR (its config is reused)")
+    p.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: a private local Ray)")
+    p.set_defaults(run=_search)
+
+    p = sub.add_parser("report", help="rebuild an experiment folder's report from its ledger")
+    p.add_argument("folder", type=Path, metavar="DIR")
+    p.set_defaults(run=_report)
+
     p = sub.add_parser("check-data", help="validate a COCO dataset and print a summary")
     p.add_argument("annotations", type=Path, metavar="ANNOTATIONS.json")
     p.add_argument("--images", type=Path, required=True, metavar="DIR")
@@ -250,6 +269,57 @@ def _train(args: argparse.Namespace) -> None:
     print(f"time      {result['seconds']:.1f} s (train {result['train_seconds']:.1f}, eval {result['eval_seconds']:.1f})")
     if args.json:
         args.json.write_text(json.dumps({"genotype": genotype.to_dict(), "hash": genotype.hash(), **result}, indent=1))
+
+
+def _search(args: argparse.Namespace) -> None:
+    import time
+
+    from .search.config import load_search_config, search_config
+    from .search.driver import run_search
+
+    if args.resume is not None:
+        if not (args.resume / "config.yaml").is_file():
+            raise UsageError(f"--resume {args.resume}: not an experiment folder (no config.yaml)")
+        print(f"wrote {run_search(None, args.resume, resume=True, verbose=args.verbose)}")
+        return
+    data = load_search_config(args.config) if args.config else {}
+    data_section, backbone, proxy = (dict(data.get(k) or {}) for k in ("data", "backbone", "proxy"))
+    flags = argparse.Namespace(**{**vars(args), "batch_size": None, "image_size": None, "width": None,
+                                  "seed": None, "threads": None})
+    data_cfg, backbone_cfg, _ = task_configs(flags, {"data": data_section, "backbone": backbone, "proxy": {}})
+    overrides = {"data": {k: v for k, v in vars(data_cfg).items() if v is not None},
+                 "backbone": {k: v for k, v in vars(backbone_cfg).items()}}
+    if args.steps is not None:
+        overrides["proxy"] = {**proxy, "steps": args.steps}
+    search = dict(data.get("search") or {})
+    for flag, key in (("trials", "trials"), ("concurrent", "concurrent")):
+        if getattr(args, flag) is not None:
+            search[key] = getattr(args, flag)
+    overrides["search"] = search
+    if args.space:
+        overrides["space"] = args.space
+    if args.controller:
+        overrides["controller"] = args.controller
+    if args.no_asha:
+        overrides["scheduler"] = {"name": "none"}
+    if args.address:
+        overrides["ray"] = {**(data.get("ray") or {}), "address": args.address}
+    config = search_config(data, **overrides)
+    if args.cache_dir:
+        import os
+        os.environ["NASFPN_CACHE"] = str(args.cache_dir.resolve())
+    out = args.out or Path("runs") / f"{Path(config.space).stem}-{Path(str(config.controller)).stem}-" \
+                                     f"{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"experiment folder: {out}")
+    print(f"wrote {run_search(config, out, verbose=args.verbose)}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .search.report import build_report
+
+    if not (args.folder / "ledger.jsonl").is_file():
+        raise UsageError(f"{args.folder}: not an experiment folder (no ledger.jsonl)")
+    print(f"wrote {build_report(args.folder)}")
 
 
 def _check_data(args: argparse.Namespace) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator

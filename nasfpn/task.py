@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -91,6 +91,38 @@ def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig,
     if backbone.freeze and use_cache:
         task.train_cache = FeatureCache.build(net, train, root, flips=(False, True), weights_id=weights_id)
         task.val_cache = FeatureCache.build(net, val, root, flips=(False,), weights_id=weights_id)
+    val_annotations = str(data.val_annotations) if data.val_annotations else str(annotations)
+    task.spec = {
+        "size": size,
+        "train": {"annotations": str(Path(annotations).resolve()), "images": str(Path(images).resolve()),
+                  "ids": list(train.image_ids)},
+        "val": {"annotations": str(Path(val_annotations).resolve()),
+                "images": str(Path(data.val_images or images).resolve()), "ids": list(val.image_ids)},
+        "backbone": {**dataclasses.asdict(backbone), "weights": str(Path(weights).resolve()) if weights else None},
+        "train_cache": str(task.train_cache.folder) if task.train_cache else None,
+        "val_cache": str(task.val_cache.folder) if task.val_cache else None,
+    }
+    return task
+
+
+def task_from_spec(spec: Mapping[str, Any]) -> ProxyTask:
+    """Rebuild a prepared task in another process (a search trial): datasets from their files,
+    the feature caches memory-mapped; the backbone is loaded only when there is no cache."""
+    from .data import DetectionDataset
+
+    def dataset(part: Mapping[str, Any]):
+        return DetectionDataset(part["annotations"], part["images"], spec["size"], image_ids=part["ids"])
+
+    backbone = None
+    if spec["train_cache"] is None:
+        b = spec["backbone"]
+        backbone = build_backbone(b["name"], weights=b["weights"], return_nodes=b["return_nodes"], freeze=b["freeze"],
+                                  probe_size=spec["size"])
+    task = ProxyTask(dataset(spec["train"]), dataset(spec["val"]), backbone,
+                     backbone_weights=spec["backbone"]["weights"] or "random", spec=dict(spec))
+    if spec["train_cache"] is not None:
+        task.train_cache = FeatureCache(Path(spec["train_cache"]))
+        task.val_cache = FeatureCache(Path(spec["val_cache"]))
     return task
 
 
@@ -108,7 +140,14 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
                 backbone.name, backbone.warmup_steps, len(train), path)
     net = build_backbone(backbone.name, return_nodes=backbone.return_nodes, freeze=False, probe_size=proxy.image_size)
     config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0)
-    result = train_proxy(load_genotype("fpn"), ProxyTask(train, val, net), config)
+    every = max(1, backbone.warmup_steps // 8)
+
+    def progress(report: dict) -> None:
+        if report["step"] % every == 0:
+            log.warning("  warm-up step %d/%d, loss %.3f", report["step"], backbone.warmup_steps, report["loss"])
+
+    config = dataclasses.replace(config, report_every=1)
+    result = train_proxy(load_genotype("fpn"), ProxyTask(train, val, net), config, report=progress)
     if result["status"] != "ok":
         raise RuntimeError(f"backbone warm-up failed: {result['error']}")
     log.warning("warm-up done in %.0f s: FPN proxy AP %.3f on the validation split", result["seconds"], result["ap"])

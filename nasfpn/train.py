@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
@@ -84,9 +83,18 @@ class ProxyTask:
     val_cache: Optional[FeatureCache] = None
     backbone_weights: str = "random"
 
+    spec: Optional[Dict[str, Any]] = None  # how a worker process rebuilds this task (see nasfpn.task)
+
     @property
     def num_classes(self) -> int:
         return self.train.num_classes
+
+    @property
+    def channels(self) -> Dict[int, int]:
+        """Backbone channels per level (from the cache when no backbone is loaded)."""
+        if self.backbone is not None:
+            return self.backbone.channels
+        return {int(k): v for k, v in self.train_cache.meta["channels"].items()}
 
     def batch(self, split: str, indices: List[int], flips: List[bool]):
         """(images or None, features or None, targets) for dataset indices of a split."""
@@ -104,7 +112,8 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
 
     Args:
         report: called every ``config.report_every`` steps with ``{"step", "loss"}`` and, every
-            ``config.eval_every`` steps, the AP metrics too (what ASHA stops trials on).
+            ``config.eval_every`` steps, the AP metrics and the neck's ``macs`` too (what ASHA
+            stops trials on).
 
     Returns:
         ``status`` ("ok" or "failed"), ``error``, the AP metrics, ``params``/``macs`` of the neck,
@@ -116,10 +125,10 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cached = task.train_cache is not None
-    model = ProxyDetector(genotype, task.backbone.channels, task.num_classes, config.image_size,
+    model = ProxyDetector(genotype, task.channels, task.num_classes, config.image_size,
                           backbone=None if cached else task.backbone, width=config.width,
                           head_depth=config.head_depth, anchor_scale=config.anchor_scale).to(device)
-    neck_cost = _neck_cost(model, task.backbone.channels, config.image_size)
+    neck_cost = _neck_cost(model, task.channels, config.image_size)
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -159,7 +168,7 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
         result["steps"] = step
         metrics: Dict[str, Any] = {}
         if config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            metrics = _evaluate(model, task, device)
+            metrics = {**_evaluate(model, task, device), "macs": neck_cost["macs"]}
             model.train()
         if report is not None and (metrics or step % config.report_every == 0):
             report({"step": step, "loss": loss_value, **metrics})

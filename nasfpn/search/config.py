@@ -1,0 +1,157 @@
+"""The search configuration: YAML -> one validated, typed record -> plain arguments.
+
+Every section has defaults that make ``nasfpn search`` with no arguments the built-in
+quickstart: the synthetic data set, a warmed-up ResNet-18, the wide space, the PPO controller,
+the four reference necks first as baselines, about 10-20 minutes on 2 CPU cores. Unknown keys
+are errors that list the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Tuple
+
+import yaml
+
+from ..genotype import yaml_problem
+from ..task import BackboneConfig, DataConfig, section
+from ..train import ProxyConfig
+
+SECTIONS = ("data", "backbone", "proxy", "space", "controller", "search", "scheduler", "resources", "ray", "reward")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """How many trials (baselines included), how many at once, what to do with repeats."""
+    trials: int = 14
+    baselines: Tuple[str, ...] = ("fpn", "panet", "bifpn", "nasfpn")
+    concurrent: int = 2
+    dedupe: bool = True
+    retries: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.trials, int) or self.trials < 1:
+            raise ValueError(f"search.trials: must be a positive integer, got {self.trials!r}")
+        if not isinstance(self.concurrent, int) or self.concurrent < 1:
+            raise ValueError(f"search.concurrent: must be a positive integer, got {self.concurrent!r}")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"search.retries: must be 0 or more, got {self.retries!r}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Early stopping on the AP a trial reports every ``proxy.eval_every`` steps: ``asha`` (Ray
+    Tune's ASHAScheduler; a rung is one evaluation) or ``none``."""
+    name: str = "asha"
+    grace_evals: int = 1
+    reduction_factor: int = 2
+
+    def __post_init__(self) -> None:
+        if self.name not in ("asha", "none"):
+            raise ValueError(f"scheduler.name: 'asha' or 'none', got {self.name!r}")
+        if self.grace_evals < 1 or self.reduction_factor < 2:
+            raise ValueError("scheduler: grace_evals must be >= 1 and reduction_factor >= 2")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """What each trial asks Ray for (fractions of a GPU allowed); torch threads = CPUs."""
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+
+    def __post_init__(self) -> None:
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            raise ValueError("resources: cpus_per_trial must be > 0 and gpus_per_trial >= 0")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """``address: null`` starts a private local Ray; ``auto`` or ``HOST:PORT`` joins a cluster."""
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """MnasNet's cost-aware reward, off by default: ``ap * (macs / target_macs) ** weight``."""
+    target_macs: Optional[float] = None
+    weight: float = -0.07
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig(eval_every=100))
+    space: str = "wide"
+    controller: Any = "ppo"  # a name, a YAML path, or a mapping {name: ppo, <hyperparameters>}
+    search: BudgetConfig = field(default_factory=BudgetConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def search_config(mapping: Mapping[str, Any] | None = None, /, **overrides: Any) -> SearchConfig:
+    """Validate a configuration mapping (as from YAML); ``overrides`` are merged per section.
+
+    Raises:
+        ValueError: naming the section and key that is wrong.
+    """
+    data = dict(mapping or {})
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown}; valid sections are {list(SECTIONS)}")
+    for key, value in overrides.items():
+        if isinstance(data.get(key), Mapping) and isinstance(value, Mapping):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    for key in ("data", "backbone", "proxy", "search", "scheduler", "resources", "ray", "reward"):
+        if data.get(key) is not None and not isinstance(data[key], Mapping):
+            raise ValueError(f"{key}: must be a mapping, got {data[key]!r}")
+    proxy = {"eval_every": 100, **(data.get("proxy") or {})}
+    search = dict(data.get("search") or {})
+    if "baselines" in search:
+        search["baselines"] = tuple(search["baselines"] or ())
+    if not isinstance(data.get("space", "wide"), str):
+        raise ValueError(f"space: a space name or YAML path, got {data['space']!r}")
+    return SearchConfig(
+        data=section(DataConfig, data.get("data"), "data"),
+        backbone=section(BackboneConfig, data.get("backbone"), "backbone"),
+        proxy=ProxyConfig.from_dict(proxy),
+        space=data.get("space", "wide"),
+        controller=data.get("controller", "ppo"),
+        search=section(BudgetConfig, search, "search"),
+        scheduler=section(SchedulerConfig, data.get("scheduler"), "scheduler"),
+        resources=section(ResourcesConfig, data.get("resources"), "resources"),
+        ray=section(RayConfig, data.get("ray"), "ray"),
+        reward=section(RewardConfig, data.get("reward"), "reward"),
+    )
+
+
+def load_search_config(path: str | Path) -> dict:
+    """Read a YAML configuration file into a mapping (validated by :func:`search_config`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: must be a mapping of sections {list(SECTIONS)}")
+    return dict(data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

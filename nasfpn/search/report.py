@@ -1,0 +1,160 @@
+"""The experiment folder's report, rebuilt from the ledger alone (``nasfpn report DIR``).
+
+Writes ``trials.csv``, ``leaderboard.md``, ``best.yaml``, ``best_neck.py``, ``plots/reward.png``
+(reward over trials, running best, baselines as lines), ``plots/ap_vs_macs.png`` (with the
+Pareto front) and ``drawings/`` of the best topology and the baselines.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+from ..genotype import Genotype, save_genotype
+from .ledger import Ledger
+
+log = logging.getLogger(__name__)
+COLUMNS = ("trial", "name", "hash", "status", "reward", "ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large",
+           "params", "macs", "steps", "seconds", "baseline", "attempts", "error")
+
+
+def build_report(folder: str | Path) -> Path:
+    """Write every report file into ``folder`` from its ledger; return the leaderboard's path."""
+    folder = Path(folder)
+    ledger = Ledger(folder / "ledger.jsonl")
+    if not len(ledger):
+        raise ValueError(f"{folder}: the ledger has no finished trial yet")
+    meta = json.loads((folder / "experiment.json").read_text()) if (folder / "experiment.json").is_file() else {}
+    entries = list(ledger)
+    _write_csv(folder / "trials.csv", entries)
+    finished = [e for e in entries if e["status"] != "failed"]
+    best = max(finished, key=lambda e: e["reward"]) if finished else None
+    if best is not None:
+        genotype = Genotype.from_dict(best["genotype"])
+        save_genotype(genotype, folder / "best.yaml")
+        channels = {int(k): v for k, v in meta.get("channels", {}).items()}
+        if channels:
+            from ..export import export_neck
+            export_neck(genotype, channels, folder / "best_neck.py", meta.get("width"))
+    _plots(folder / "plots", entries)
+    _drawings(folder / "drawings", entries, best)
+    path = folder / "leaderboard.md"
+    path.write_text(_leaderboard(entries, best, meta))
+    return path
+
+
+def _write_csv(path: Path, entries: List[Dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for e in entries:
+            writer.writerow({**e, "name": _label(e)})
+    tmp.replace(path)
+
+
+def _label(entry: Dict[str, Any]) -> str:
+    return entry.get("baseline") or entry["genotype"].get("name") or f"cell-{entry['hash'][:8]}"
+
+
+def _leaderboard(entries: List[Dict[str, Any]], best: Dict[str, Any] | None, meta: Dict[str, Any]) -> str:
+    ranked = sorted((e for e in entries if e["status"] != "failed"), key=lambda e: -e["reward"])
+    failed = [e for e in entries if e["status"] == "failed"]
+    lines = [f"# Leaderboard: {meta.get('name', 'search')}", ""]
+    budget = meta.get("trials")
+    lines.append(f"{len(entries)} trials" + (f" of a budget of {budget}" if budget else "") +
+                 f" ({len(failed)} failed, {sum(e['status'] == 'stopped' for e in entries)} stopped early by the "
+                 "scheduler: their AP is from fewer steps).")
+    if meta.get("recipe"):
+        lines += ["", f"Recipe (the same for every neck): {meta['recipe']}"]
+    baselines = {e["baseline"]: e for e in ranked if e.get("baseline")}
+    searched = [e for e in ranked if not e.get("baseline")]
+    if searched and "fpn" in baselines:
+        top, fpn = searched[0], baselines["fpn"]
+        verdict = "beats" if top["ap"] > fpn["ap"] else "does not beat"
+        lines += ["", f"Best searched cell `{top['hash'][:12]}` (AP {top['ap']:.3f}) {verdict} the FPN baseline "
+                      f"(AP {fpn['ap']:.3f}) under this recipe, one seed each."]
+    lines += ["", "| rank | neck | hash | AP | AP50 | AP_S | AP_M | AP_L | reward | params | GMACs | steps | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for rank, e in enumerate(ranked, 1):
+        name = f"**{_label(e)}**" if e.get("baseline") else _label(e)
+        lines.append(f"| {rank} | {name} | `{e['hash'][:12]}` | {e['ap']:.3f} | {_f(e.get('ap50'))} | "
+                     f"{_f(e.get('ap_small'))} | {_f(e.get('ap_medium'))} | {_f(e.get('ap_large'))} | "
+                     f"{e['reward']:.3f} | {e.get('params', 0):,} | {e.get('macs', 0) / 1e9:.3f} | "
+                     f"{e.get('steps', '')} | {e['status']} |")
+    if failed:
+        lines += ["", "## Failed trials", ""]
+        lines += [f"- trial {e['trial']} `{e['hash'][:12]}`: {str(e.get('error'))[:200]}" for e in failed]
+    if best is not None:
+        lines += ["", f"Best: `{best['hash'][:12]}` ({_label(best)}), `best.yaml`, `best_neck.py`, "
+                      "`drawings/best.png`. Plots in `plots/`."]
+    return "\n".join(lines) + "\n"
+
+
+def _f(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and (math.isnan(value) or value < 0)) else f"{value:.3f}"
+
+
+def _plots(folder: Path, entries: List[Dict[str, Any]]) -> None:
+    from matplotlib.figure import Figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ok = [e for e in entries if e["status"] != "failed"]
+    searched = [e for e in ok if not e.get("baseline")]
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    by_controller: Dict[str, List[Dict[str, Any]]] = {}
+    for e in searched:
+        by_controller.setdefault(e.get("controller", "search"), []).append(e)
+    for name, runs in by_controller.items():
+        ax.scatter([e["trial"] for e in runs], [e["reward"] for e in runs], s=18, label=f"{name} trials")
+        best, xs, ys = -math.inf, [], []
+        for e in runs:
+            best = max(best, e["reward"])
+            xs.append(e["trial"])
+            ys.append(best)
+        ax.step(xs, ys, where="post", label=f"{name} best so far")
+    for i, e in enumerate(e for e in ok if e.get("baseline")):
+        ax.axhline(e["reward"], linestyle="--", linewidth=1, color=f"C{i + 3}", label=f"{e['baseline']} (baseline)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("reward (proxy AP)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(folder / "reward.png", dpi=120)
+
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    points = sorted(ok, key=lambda e: e.get("macs", 0))
+    ax.scatter([e["macs"] / 1e9 for e in searched], [e["ap"] for e in searched], s=18, label="searched")
+    for e in ok:
+        if e.get("baseline"):
+            ax.scatter([e["macs"] / 1e9], [e["ap"]], marker="s", s=36, color="black")
+            ax.annotate(e["baseline"], (e["macs"] / 1e9, e["ap"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    front, best = [], -math.inf
+    for e in points:  # Pareto front: no cheaper neck scores higher
+        if e["ap"] > best:
+            front.append(e)
+            best = e["ap"]
+    ax.step([e["macs"] / 1e9 for e in front], [e["ap"] for e in front], where="post", color="C3", label="Pareto front")
+    ax.set_xlabel("neck GMACs at the proxy size")
+    ax.set_ylabel("AP")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(folder / "ap_vs_macs.png", dpi=120)
+
+
+def _drawings(folder: Path, entries: List[Dict[str, Any]], best: Dict[str, Any] | None) -> None:
+    from ..draw import draw_genotype
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if best is not None:
+        draw_genotype(Genotype.from_dict(best["genotype"]), folder / "best.png",
+                      title=f"best: {_label(best)} (AP {best['ap']:.3f})")
+    for e in entries:
+        if e.get("baseline") and e["status"] != "failed":
+            draw_genotype(Genotype.from_dict(e["genotype"]), folder / f"{e['baseline']}.png")

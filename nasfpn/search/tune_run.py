@@ -1,0 +1,164 @@
+"""The Ray Tune run of a search: local Ray or a cluster, the searcher behind a concurrency
+limit, ASHA, retries, and a callback that keeps the ledger and prints a compact progress view."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+from ..genotype import Genotype
+from .config import SearchConfig
+from .driver import ledger_entry, list_runs, quiet_ray_environment, quiet_ray_loggers, save_state
+from .ledger import Ledger
+from .trainable import proxy_trial
+
+log = logging.getLogger(__name__)
+
+
+def run_tune(config: SearchConfig, out: Path, task_spec: Dict[str, Any], controller, ledger: Ledger,
+             baselines: List[Genotype], state_path: Path, *, verbose: bool = False) -> None:
+    quiet_ray_environment(verbose)
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from ..controllers.tune import NASSearcher
+
+    quiet_ray_loggers(verbose)
+
+    budget = config.search.trials
+    remaining = budget - len(ledger)
+    resources = config.resources
+    if config.ray.address:
+        ray.init(address=config.ray.address, log_to_driver=verbose, logging_level="INFO" if verbose else "ERROR")
+    else:
+        ray.init(address="local", num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=verbose,
+                 logging_level="INFO" if verbose else "ERROR", _node_ip_address="127.0.0.1")
+    try:
+        available = ray.cluster_resources()
+        # A trial asking for more than the cluster has would wait forever without a word.
+        if resources.cpus_per_trial > available.get("CPU", 0) or resources.gpus_per_trial > available.get("GPU", 0):
+            raise ValueError(f"resources: a trial asks for {resources.cpus_per_trial} CPU / {resources.gpus_per_trial} "
+                             f"GPU but the cluster has {available.get('CPU', 0):g} CPU / {available.get('GPU', 0):g} GPU")
+        class LedgerSearcher(NASSearcher):
+            """A topology already in the ledger is answered from it, never trained again."""
+
+            def suggest(self, trial_id):
+                suggestion = super().suggest(trial_id)
+                if isinstance(suggestion, dict):
+                    known = ledger.find(suggestion["hash"])
+                    if known is not None:
+                        suggestion["known"] = {k: v for k, v in known.items() if k not in ("genotype", "trial")}
+                return suggestion
+
+        searcher = LedgerSearcher(controller, metric="reward", mode="max", max_trials=remaining)
+        proxy = config.proxy
+        evals = max(1, math.ceil(proxy.steps / proxy.eval_every)) if proxy.eval_every else 1
+        if config.scheduler.name == "asha" and evals > 1:
+            scheduler = ASHAScheduler(metric="reward", mode="max", time_attr="training_iteration", max_t=evals,
+                                      grace_period=min(config.scheduler.grace_evals, evals),
+                                      reduction_factor=config.scheduler.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        setup = {"task": task_spec, "proxy": {k: v for k, v in vars(proxy).items() if k != "threads"},
+                 "reward": {"target_macs": config.reward.target_macs, "weight": config.reward.weight},
+                 "cpus": resources.cpus_per_trial}
+        trainable = tune.with_resources(tune.with_parameters(proxy_trial, setup=setup),
+                                        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
+        progress = LedgerCallback(ledger, controller, state_path, budget,
+                                  {g.hash(): name for g, name in zip(baselines, config.search.baselines)},
+                                  _controller_label(config))
+        run = f"run-{len(list_runs(out)) + 1}"
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=config.search.concurrent),
+                                        scheduler=scheduler, num_samples=-1, reuse_actors=True,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(name=run, storage_path=str(out / "tune"), verbose=2 if verbose else 0,
+                                      callbacks=[progress],
+                                      failure_config=tune.FailureConfig(max_failures=config.search.retries)),
+        )
+        tuner.fit()
+    finally:
+        ray.shutdown()
+
+
+def _trial_name(trial) -> str:
+    """``trial-<tune id>-<genotype hash>``: short, and findable from the ledger."""
+    return f"trial-{trial.trial_id}-{str(trial.config.get('hash', ''))[:8]}"
+
+
+def _controller_label(config: SearchConfig) -> str:
+    spec = config.controller
+    return str(spec.get("name", spec.get("controller"))) if isinstance(spec, dict) else Path(str(spec)).stem
+
+
+def _tune_callback_base():
+    from ray.tune import Callback
+    return Callback
+
+
+class LedgerCallback(_tune_callback_base()):
+    """Appends each finished trial to the ledger (and saves the controller) the moment the driver
+    hears of it, and prints one progress line per event."""
+
+    def __init__(self, ledger: Ledger, controller, state_path: Path, budget: int, baselines: Dict[str, str],
+                 controller_name: str):
+        self.ledger, self.controller, self.state_path = ledger, controller, state_path
+        self.budget, self.baselines, self.controller_name = budget, baselines, controller_name
+        self.running = 0
+        self.start = time.time()
+        self.done_at_start = len(ledger)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.running = sum(t.status == "RUNNING" for t in trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = dict(trial.last_result or {})
+        status = "ok" if result.get("final") else "stopped"
+        self._finish(trial, result, status, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, dict(trial.last_result or {}), "failed", _error_text(trial))
+
+    def _finish(self, trial, result: Dict[str, Any], status: str, error) -> None:
+        config = trial.config
+        if "hash" not in config:
+            return
+        entry = ledger_entry(len(self.ledger) + 1, config, result, status, error, self.baselines,
+                             self.controller_name, getattr(trial, "num_failures", 0) + 1)
+        self.ledger.append(entry)
+        save_state(self.controller, self.state_path)
+        self._print(entry)
+
+    def _print(self, entry: Dict[str, Any]) -> None:
+        done = len(self.ledger)
+        finished = [e for e in self.ledger if e["status"] != "failed"]
+        best = max(finished, key=lambda e: e["reward"]) if finished else None
+        elapsed = time.time() - self.start
+        new = done - self.done_at_start
+        eta = elapsed / new * (self.budget - done) if new else float("nan")
+        name = entry.get("baseline") or entry["hash"][:8]
+        what = f"failed ({str(entry['error'])[:60]})" if entry["status"] == "failed" else \
+            f"AP {entry['ap']:.3f}" + (" (stopped early)" if entry["status"] == "stopped" else "")
+        best_text = f"best {best['reward']:.3f} {best.get('baseline') or best['hash'][:8]}" if best else "best -"
+        print(f"[{done}/{self.budget}] {self.running} running | {name}: {what} | {best_text} | "
+              f"{_clock(elapsed)} elapsed, ~{_clock(eta)} left", flush=True)
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        return lines[-1][:500] if lines else "error"
+    return str(getattr(trial, "error_msg", None) or "error")
