@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, GenotypeError, SpaceError, ValueError, OSError) as err:
         print(f"nasfpn {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # the work itself failed (e.g. a backbone warm-up that diverged)
+        print(f"nasfpn {args.command}: failed: {err}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

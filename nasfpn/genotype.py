@@ -417,4 +417,6 @@ def _parse_level(key: Any) -> int | None:
         return key
     if isinstance(key, str) and key[:1] in "Pp" and key[1:].isdigit():
         return int(key[1:])
+    if isinstance(key, str) and key.isdigit():  # a level key after a JSON round trip
+        return int(key)
     return None

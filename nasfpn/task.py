@@ -139,7 +139,8 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
     log.warning("warming up %s for %d steps on %d training images (once; cached in %s)",
                 backbone.name, backbone.warmup_steps, len(train), path)
     net = build_backbone(backbone.name, return_nodes=backbone.return_nodes, freeze=False, probe_size=proxy.image_size)
-    config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0)
+    config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0,
+                                 max_loss=ProxyConfig.max_loss)
     every = max(1, backbone.warmup_steps // 8)
 
     def progress(report: dict) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import yaml
 
-from ..genotype import load_genotype
+from ..genotype import Genotype, load_genotype
 from ..space import load_space
 from ..task import prepare_task
 from .config import SearchConfig, search_config
@@ -68,14 +68,19 @@ def run_search(config: SearchConfig, out: str | Path, *, resume: bool = False, v
     baselines = [load_genotype(name).replace(width=proxy.width) for name in config.search.baselines]
     controller = _controller(config, space, baselines)
     state_path = out / "controller.pt"
+    queued = {g.hash() for g in baselines}
     if resume and state_path.is_file():
-        controller.load_state_dict(torch.load(state_path, weights_only=True))
-        for trial_id in list(getattr(controller, "_pending", {})):
-            controller.tell(trial_id, None)  # in flight when the driver died: proposed again if wanted
+        state = torch.load(state_path, weights_only=True)
+        controller.load_state_dict(state)
+        for trial_id in state["pending"]:
+            controller.tell(trial_id, None)  # in flight when the driver died: dropped, may be proposed again
+        queued = {Genotype.from_dict(g).hash() for g in state["warm"]}
     for entry in ledger:  # finished after the last controller save (a kill in between)
         if entry["status"] != "failed" and controller.known_reward(entry["hash"]) is None:
-            from ..genotype import Genotype
             controller.record(Genotype.from_dict(entry["genotype"]), entry["reward"])
+    # Baselines the controller already handed out but that never finished are run first.
+    tried = {entry["hash"] for entry in ledger}
+    forced = [g for g in baselines if g.hash() not in tried and g.hash() not in queued]
     _atomic_write(out / "experiment.json", json.dumps({
         "name": out.name, "trials": budget, "channels": {str(k): v for k, v in task.channels.items()},
         "width": proxy.width, "image_size": proxy.image_size, "backbone": config.backbone.name,
@@ -88,7 +93,7 @@ def run_search(config: SearchConfig, out: str | Path, *, resume: bool = False, v
                 len(task.train), len(task.val), task.backbone_weights)
 
     from .tune_run import run_tune
-    run_tune(config, out, task.spec, controller, ledger, baselines, state_path, verbose=verbose)
+    run_tune(config, out, task.spec, controller, ledger, baselines, forced, state_path, verbose=verbose)
     from .report import build_report
     return build_report(out)
 

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def run_tune(config: SearchConfig, out: Path, task_spec: Dict[str, Any], controller, ledger: Ledger,
-             baselines: List[Genotype], state_path: Path, *, verbose: bool = False) -> None:
+             baselines: List[Genotype], forced: List[Genotype], state_path: Path, *, verbose: bool = False) -> None:
     quiet_ray_environment(verbose)
     import ray
     from ray import tune
@@ -44,15 +44,34 @@ def run_tune(config: SearchConfig, out: Path, task_spec: Dict[str, Any], control
             raise ValueError(f"resources: a trial asks for {resources.cpus_per_trial} CPU / {resources.gpus_per_trial} "
                              f"GPU but the cluster has {available.get('CPU', 0):g} CPU / {available.get('GPU', 0):g} GPU")
         class LedgerSearcher(NASSearcher):
-            """A topology already in the ledger is answered from it, never trained again."""
+            """A topology already in the ledger is answered from it, never trained again; the
+            ``forced`` genotypes (baselines lost in flight by a killed driver) run first, and the
+            controller learns of them by ``record``."""
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.forced = list(forced)
+                self.forced_trials: Dict[str, Genotype] = {}
 
             def suggest(self, trial_id):
+                if self.forced and (self.max_trials is None or self.suggested < self.max_trials):
+                    genotype = self.forced.pop(0)
+                    self.suggested += 1
+                    self.forced_trials[trial_id] = genotype
+                    return {"genotype": genotype.to_dict(), "hash": genotype.hash()}
                 suggestion = super().suggest(trial_id)
                 if isinstance(suggestion, dict):
                     known = ledger.find(suggestion["hash"])
                     if known is not None:
                         suggestion["known"] = {k: v for k, v in known.items() if k not in ("genotype", "trial")}
                 return suggestion
+
+            def on_trial_complete(self, trial_id, result=None, error=False):
+                genotype = self.forced_trials.pop(trial_id, None)
+                if genotype is None:
+                    return super().on_trial_complete(trial_id, result, error)
+                value = None if error or not result else result.get("reward")
+                self.controller.record(genotype, value)
 
         searcher = LedgerSearcher(controller, metric="reward", mode="max", max_trials=remaining)
         proxy = config.proxy
@@ -128,8 +147,9 @@ class LedgerCallback(_tune_callback_base()):
         config = trial.config
         if "hash" not in config:
             return
+        failures = getattr(trial, "num_failures", 0)  # an errored trial's count includes its last failure
         entry = ledger_entry(len(self.ledger) + 1, config, result, status, error, self.baselines,
-                             self.controller_name, getattr(trial, "num_failures", 0) + 1)
+                             self.controller_name, failures if status == "failed" else failures + 1)
         self.ledger.append(entry)
         save_state(self.controller, self.state_path)
         self._print(entry)
