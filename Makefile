@@ -13,7 +13,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 search: install
-	$(VENV)/bin/nasfpn sample --space wide --count 8 --out runs/quickstart
+	$(VENV)/bin/nasfpn search
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -178,6 +178,8 @@ def task_configs(args: argparse.Namespace, config: dict):
         backbone["freeze"] = False
     if args.warmup_steps is not None:
         backbone["warmup_steps"] = args.warmup_steps
+    if args.no_cache:
+        backbone["cache"] = False
     for key in ("steps", "batch_size", "image_size", "width", "seed", "threads"):
         if getattr(args, key, None) is not None:
             proxy[key] = getattr(args, key)
@@ -257,7 +259,7 @@ def _train(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.config}: unknown section(s) {unknown}; valid: ['backbone', 'data', 'proxy']")
     data, backbone, proxy = task_configs(args, config)
     genotype = load_genotype(args.genotype)
-    task = prepare_task(data, backbone, proxy, use_cache=not args.no_cache, cache_root=args.cache_dir)
+    task = prepare_task(data, backbone, proxy, cache_root=args.cache_dir)
     result = train_proxy(genotype, task, proxy, report=lambda r: log.info("step %(step)d loss %(loss).4f", r))
     print(f"genotype  {genotype.name or args.genotype} ({genotype.hash()[:12]})")
     print(f"backbone  {backbone.name}, weights {task.backbone_weights}, "

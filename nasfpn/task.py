@@ -41,11 +41,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """Which backbone, from which weights; ``warmup_steps`` trains it first when it has none."""
+    """Which backbone, from which weights; ``warmup_steps`` trains it first when it has none;
+    ``cache``: a frozen backbone's features are computed once and shared by every trial."""
     name: str = "resnet18"
     weights: Optional[str] = None
     return_nodes: Optional[Sequence[str]] = None
     freeze: bool = True
+    cache: bool = True
     warmup_steps: int = 400
     warmup_lr: float = 1e-3
 
@@ -88,7 +90,7 @@ def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig,
                          probe_size=size)
     weights_id = weights_fingerprint(weights)
     task = ProxyTask(train, val, net, backbone_weights=str(weights) if weights else "random")
-    if backbone.freeze and use_cache:
+    if backbone.freeze and backbone.cache and use_cache:
         task.train_cache = FeatureCache.build(net, train, root, flips=(False, True), weights_id=weights_id)
         task.val_cache = FeatureCache.build(net, val, root, flips=(False,), weights_id=weights_id)
     val_annotations = str(data.val_annotations) if data.val_annotations else str(annotations)

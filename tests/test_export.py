@@ -120,3 +120,35 @@ def test_onnx_export(tmp_path):
     got = session.run(None, {k: v.numpy() for k, v in x.items()})
     for want, have in zip(neck(x).values(), got):
         torch.testing.assert_close(torch.from_numpy(have), want, rtol=1e-4, atol=1e-4)
+
+
+def test_exported_neck_drops_into_torchvision_retinanet(tmp_path):
+    """What the README's walkthrough does with a search's best_neck.py."""
+    from torchvision.models import resnet18
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    genotype = load_genotype("nasfpn").replace(repeats=1, width=16)
+    export_neck(genotype, {3: 128, 4: 256, 5: 512}, tmp_path / "best_neck.py")
+    neck = load_exported(tmp_path / "best_neck.py")
+
+    class BackboneWithNeck(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = create_feature_extractor(resnet18(), {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
+            self.neck = neck
+            self.out_channels = neck.out_channels
+
+        def forward(self, x):
+            return self.neck(self.body(x))
+
+    model = RetinaNet(BackboneWithNeck(), num_classes=3, min_size=128, max_size=128)
+    images = [torch.rand(3, 128, 128), torch.rand(3, 96, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 70.0]]), "labels": torch.tensor([1])}] * 2
+    losses = model(images, targets)
+    sum(losses.values()).backward()
+    assert neck.cells[0].n0.op.conv.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        detections = model(images)
+    assert len(detections) == 2 and set(detections[0]) == {"boxes", "scores", "labels"}
