@@ -312,6 +312,8 @@ class Walk:
                                              "combine": space.combines[0], "op": space.ops[0]}
                                             for _ in range(space.max_nodes)]
         self.outputs: dict[int, int] = {}
+        self._template: Genotype | None = None  # cached: rebuilt only when a field is chosen
+        self._choices: tuple[int, tuple[int, ...]] | None = None  # (position, its valid options)
 
     @property
     def done(self) -> bool:
@@ -319,9 +321,17 @@ class Walk:
 
     @property
     def template(self) -> Genotype:
-        return self.space.template.replace(**self.fields)
+        if self._template is None:
+            self._template = self.space.template.replace(**self.fields)
+        return self._template
 
     def choices(self) -> list[int]:
+        position = len(self.decisions)
+        if self._choices is None or self._choices[0] != position:
+            self._choices = (position, tuple(self._choices_now()))
+        return list(self._choices[1])
+
+    def _choices_now(self) -> list[int]:
         space, d = self.space, self.space.decisions[len(self.decisions)]
         if d.kind == "choose":
             return [c for c, option in enumerate(space.choose[d.detail]) if self._compatible(d.detail, option)]
@@ -374,6 +384,7 @@ class Walk:
         space = self.space
         if d.kind == "choose":
             self.fields[d.detail] = space.choose[d.detail][choice]
+            self._template = None
         elif d.kind == "num_nodes":
             self.num_nodes = space.min_nodes + choice
         elif d.kind == "output":

@@ -1,0 +1,44 @@
+"""Controller settings files: ``controllers/<name>.yaml`` (a ``controller:`` key naming the
+algorithm, then its settings)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..genotype import REFERENCE_DIR, yaml_problem
+
+CONTROLLER_DIR = REFERENCE_DIR.parent / "controllers"
+
+
+def controller_config_names() -> list[str]:
+    """Names of the shipped settings files (``ppo``, ``evolution``...)."""
+    return sorted(p.stem for p in CONTROLLER_DIR.glob("*.yaml"))
+
+
+def load_controller_config(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    """A settings mapping as is, or read from a YAML file or a shipped name.
+
+    Raises:
+        ValueError: the file is missing, not YAML, or not a mapping.
+    """
+    if isinstance(config, Mapping):
+        return dict(config)
+    if not isinstance(config, (str, Path)):
+        raise ValueError(f"controller config must be a mapping, a YAML path or a name, got {config!r}")
+    path = Path(config)
+    if not path.is_file() and path.suffix == "" and len(path.parts) == 1:
+        path = CONTROLLER_DIR / f"{config}.yaml"
+        if not path.is_file():
+            raise ValueError(f"{str(config)!r} is neither a file nor a shipped controller config; "
+                             f"shipped: {controller_config_names()}")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: a controller config must be a mapping, got {type(data).__name__}")
+    return dict(data)
