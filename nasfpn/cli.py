@@ -140,26 +140,10 @@ def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, help="cache folder (default $NASFPN_CACHE or ~/.cache/nasfpn)")
 
 
-def _load_yaml(path: Path) -> dict:
-    import yaml
-
-    from .genotype import yaml_problem
-
-    if not path.is_file():
-        raise UsageError(f"--config {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UsageError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: must be a mapping of sections")
-    return data
-
-
 def task_configs(args: argparse.Namespace, config: dict):
     """data / backbone / proxy configs from a YAML dict, command-line flags overriding it."""
-    from .task import BackboneConfig, DataConfig, section
-    from .train import ProxyConfig
+    from .task import BackboneConfig, DataConfig
+    from .train import ProxyConfig, section
 
     data = dict(config.get("data") or {})
     backbone = dict(config.get("backbone") or {})
@@ -253,7 +237,9 @@ def _train(args: argparse.Namespace) -> None:
     from .task import prepare_task
     from .train import train_proxy
 
-    config = _load_yaml(args.config) if args.config else {}
+    from .search.config import load_search_config
+
+    config = load_search_config(args.config) if args.config else {}
     unknown = sorted(set(config) - {"data", "backbone", "proxy"})
     if unknown:
         raise UsageError(f"{args.config}: unknown section(s) {unknown}; valid: ['backbone', 'data', 'proxy']")

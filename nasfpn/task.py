@@ -52,16 +52,6 @@ class BackboneConfig:
     warmup_lr: float = 1e-3
 
 
-def section(cls, data: Mapping[str, Any] | None, name: str):
-    """Build a config dataclass from a YAML section; unknown keys name the valid ones."""
-    data = dict(data or {})
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ValueError(f"{name}: unknown key(s) {unknown}; valid keys are {valid}")
-    return cls(**data)
-
-
 def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig, *, use_cache: bool = True,
                  cache_root: str | Path | None = None) -> ProxyTask:
     """Datasets, backbone (warmed up if needed) and feature caches, once per search."""

@@ -65,12 +65,17 @@ class ProxyConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "ProxyConfig":
-        data = dict(data or {})
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"proxy: unknown key(s) {unknown}; valid keys are {valid}")
-        return cls(**data)
+        return section(cls, data, "proxy")
+
+
+def section(cls, data: Mapping[str, Any] | None, name: str):
+    """Build a config dataclass from a YAML section; unknown keys name the valid ones."""
+    data = dict(data or {})
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ValueError(f"{name}: unknown key(s) {unknown}; valid keys are {valid}")
+    return cls(**data)
 
 
 @dataclass

@@ -15,7 +15,8 @@ from typing import Any, Mapping, Optional, Tuple
 import yaml
 
 from ..genotype import yaml_problem
-from ..task import BackboneConfig, DataConfig, section
+from ..task import BackboneConfig, DataConfig
+from ..train import section
 from ..train import ProxyConfig
 
 SECTIONS = ("data", "backbone", "proxy", "space", "controller", "search", "scheduler", "resources", "ray", "reward")
