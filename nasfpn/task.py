@@ -24,6 +24,7 @@ from .genotype import load_genotype
 from .train import ProxyConfig, ProxyTask, train_proxy
 
 log = logging.getLogger(__name__)
+WARMUP_HEAD_DEPTH = 2  # the warm-up's own detector head, whatever the proxy's
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
     """Train the backbone inside an FPN proxy for ``warmup_steps``; cached by its inputs."""
     key = {"dataset": dataset_fingerprint(train), "backbone": backbone.name, "return_nodes": backbone.return_nodes,
            "steps": backbone.warmup_steps, "lr": backbone.warmup_lr, "size": proxy.image_size, "seed": proxy.seed,
-           "width": proxy.width, "head_depth": proxy.head_depth, "torch": torch.__version__.split("+")[0]}
+           "width": proxy.width, "head_depth": WARMUP_HEAD_DEPTH, "torch": torch.__version__.split("+")[0]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = root / "warmup" / f"{backbone.name}-{digest}.pt"
     if path.is_file():
@@ -132,7 +133,7 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
                 backbone.name, backbone.warmup_steps, len(train), path)
     net = build_backbone(backbone.name, return_nodes=backbone.return_nodes, freeze=False, probe_size=proxy.image_size)
     config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0,
-                                 max_loss=ProxyConfig.max_loss)
+                                 max_loss=ProxyConfig.max_loss, head_depth=WARMUP_HEAD_DEPTH)
     every = max(1, backbone.warmup_steps // 8)
 
     def progress(report: dict) -> None:

@@ -85,7 +85,7 @@ class RewardConfig:
 class SearchConfig:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig(eval_every=100))
+    proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig(eval_every=200))
     space: str = "wide"
     controller: Any = "ppo"  # a name, a YAML path, or a mapping {name: ppo, <hyperparameters>}
     search: BudgetConfig = field(default_factory=BudgetConfig)
@@ -116,7 +116,7 @@ def search_config(mapping: Mapping[str, Any] | None = None, /, **overrides: Any)
     for key in ("data", "backbone", "proxy", "search", "scheduler", "resources", "ray", "reward"):
         if data.get(key) is not None and not isinstance(data[key], Mapping):
             raise ValueError(f"{key}: must be a mapping, got {data[key]!r}")
-    proxy = {"eval_every": 100, **(data.get("proxy") or {})}
+    proxy = {"eval_every": 200, **(data.get("proxy") or {})}
     search = dict(data.get("search") or {})
     if "baselines" in search:
         search["baselines"] = tuple(search["baselines"] or ())
