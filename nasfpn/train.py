@@ -121,8 +121,8 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
 
     Args:
         report: called every ``config.report_every`` steps with ``{"step", "loss"}`` and, every
-            ``config.eval_every`` steps, the AP metrics and the neck's ``macs`` too (what ASHA
-            stops trials on).
+            ``config.eval_every`` steps, the AP metrics and the neck's ``params``/``macs`` too
+            (what ASHA stops trials on).
 
     Returns:
         ``status`` ("ok" or "failed"), ``error``, the AP metrics, ``params``/``macs`` of the neck,
@@ -177,7 +177,7 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
         result["steps"] = step
         metrics: Dict[str, Any] = {}
         if config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            metrics = {**_evaluate(model, task, device), "macs": neck_cost["macs"]}
+            metrics = {**_evaluate(model, task, device), **neck_cost}
             model.train()
         if report is not None and (metrics or step % config.report_every == 0):
             report({"step": step, "loss": loss_value, **metrics})

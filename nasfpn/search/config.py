@@ -25,7 +25,7 @@ SECTIONS = ("data", "backbone", "proxy", "space", "controller", "search", "sched
 @dataclass(frozen=True)
 class BudgetConfig:
     """How many trials (baselines included), how many at once, what to do with repeats."""
-    trials: int = 14
+    trials: int = 20
     baselines: Tuple[str, ...] = ("fpn", "panet", "bifpn", "nasfpn")
     concurrent: int = 2
     dedupe: bool = True

@@ -30,7 +30,7 @@ def build_report(folder: str | Path) -> Path:
     meta = json.loads((folder / "experiment.json").read_text()) if (folder / "experiment.json").is_file() else {}
     entries = list(ledger)
     _write_csv(folder / "trials.csv", entries)
-    finished = [e for e in entries if e["status"] != "failed"]
+    finished = [e for e in entries if e["status"] == "ok"] or [e for e in entries if e["status"] != "failed"]
     best = max(finished, key=lambda e: e["reward"]) if finished else None
     if best is not None:
         genotype = Genotype.from_dict(best["genotype"])
@@ -61,7 +61,9 @@ def _label(entry: Dict[str, Any]) -> str:
 
 
 def _leaderboard(entries: List[Dict[str, Any]], best: Dict[str, Any] | None, meta: Dict[str, Any]) -> str:
-    ranked = sorted((e for e in entries if e["status"] != "failed"), key=lambda e: -e["reward"])
+    # Full-recipe results first: a trial stopped early has its AP from fewer steps.
+    ranked = sorted((e for e in entries if e["status"] != "failed"),
+                    key=lambda e: (e["status"] == "stopped", -e["reward"]))
     failed = [e for e in entries if e["status"] == "failed"]
     lines = [f"# Leaderboard: {meta.get('name', 'search')}", ""]
     budget = meta.get("trials")
@@ -71,7 +73,7 @@ def _leaderboard(entries: List[Dict[str, Any]], best: Dict[str, Any] | None, met
     if meta.get("recipe"):
         lines += ["", f"Recipe (the same for every neck): {meta['recipe']}"]
     baselines = {e["baseline"]: e for e in ranked if e.get("baseline")}
-    searched = [e for e in ranked if not e.get("baseline")]
+    searched = [e for e in ranked if not e.get("baseline") and e["status"] == "ok"]
     if searched and "fpn" in baselines:
         top, fpn = searched[0], baselines["fpn"]
         verdict = "beats" if top["ap"] > fpn["ap"] else "does not beat"
@@ -83,7 +85,7 @@ def _leaderboard(entries: List[Dict[str, Any]], best: Dict[str, Any] | None, met
         name = f"**{_label(e)}**" if e.get("baseline") else _label(e)
         lines.append(f"| {rank} | {name} | `{e['hash'][:12]}` | {e['ap']:.3f} | {_f(e.get('ap50'))} | "
                      f"{_f(e.get('ap_small'))} | {_f(e.get('ap_medium'))} | {_f(e.get('ap_large'))} | "
-                     f"{e['reward']:.3f} | {e.get('params', 0):,} | {e.get('macs', 0) / 1e9:.3f} | "
+                     f"{e['reward']:.3f} | {e.get('params') or 0:,} | {_gmacs(e):.3f} | "
                      f"{e.get('steps', '')} | {e['status']} |")
     if failed:
         lines += ["", "## Failed trials", ""]
@@ -128,24 +130,28 @@ def _plots(folder: Path, entries: List[Dict[str, Any]]) -> None:
 
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.add_subplot()
-    points = sorted(ok, key=lambda e: e.get("macs", 0))
-    ax.scatter([e["macs"] / 1e9 for e in searched], [e["ap"] for e in searched], s=18, label="searched")
+    points = sorted(ok, key=_gmacs)
+    ax.scatter([_gmacs(e) for e in searched], [e["ap"] for e in searched], s=18, label="searched")
     for e in ok:
         if e.get("baseline"):
-            ax.scatter([e["macs"] / 1e9], [e["ap"]], marker="s", s=36, color="black")
-            ax.annotate(e["baseline"], (e["macs"] / 1e9, e["ap"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+            ax.scatter([_gmacs(e)], [e["ap"]], marker="s", s=36, color="black")
+            ax.annotate(e["baseline"], (_gmacs(e), e["ap"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
     front, best = [], -math.inf
     for e in points:  # Pareto front: no cheaper neck scores higher
         if e["ap"] > best:
             front.append(e)
             best = e["ap"]
-    ax.step([e["macs"] / 1e9 for e in front], [e["ap"] for e in front], where="post", color="C3", label="Pareto front")
+    ax.step([_gmacs(e) for e in front], [e["ap"] for e in front], where="post", color="C3", label="Pareto front")
     ax.set_xlabel("neck GMACs at the proxy size")
     ax.set_ylabel("AP")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(folder / "ap_vs_macs.png", dpi=120)
+
+
+def _gmacs(entry: Dict[str, Any]) -> float:
+    return (entry.get("macs") or 0) / 1e9
 
 
 def _drawings(folder: Path, entries: List[Dict[str, Any]], best: Dict[str, Any] | None) -> None:

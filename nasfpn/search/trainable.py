@@ -47,9 +47,9 @@ def proxy_trial(config: Mapping[str, Any], setup: Mapping[str, Any]) -> None:
     target, weight = setup["reward"]["target_macs"], setup["reward"]["weight"]
 
     def report(progress: Dict[str, Any]) -> None:
-        if "ap" in progress:
-            tune.report({"reward": reward_of(progress["ap"], progress["macs"], target, weight), "ap": progress["ap"],
-                         "step": progress["step"], "loss": progress["loss"], "final": False})
+        if "ap" in progress:  # an intermediate evaluation: what the scheduler compares trials on
+            tune.report({**progress, "reward": reward_of(progress["ap"], progress["macs"], target, weight),
+                         "steps": progress["step"], "final": False})
 
     result = train_proxy(genotype, task, proxy, report)
     if result["status"] != "ok":

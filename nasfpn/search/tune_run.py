@@ -43,6 +43,8 @@ def run_tune(config: SearchConfig, out: Path, task_spec: Dict[str, Any], control
         if resources.cpus_per_trial > available.get("CPU", 0) or resources.gpus_per_trial > available.get("GPU", 0):
             raise ValueError(f"resources: a trial asks for {resources.cpus_per_trial} CPU / {resources.gpus_per_trial} "
                              f"GPU but the cluster has {available.get('CPU', 0):g} CPU / {available.get('GPU', 0):g} GPU")
+        baseline_names = {g.hash(): name for g, name in zip(baselines, config.search.baselines)}
+
         class LedgerSearcher(NASSearcher):
             """A topology already in the ledger is answered from it, never trained again; the
             ``forced`` genotypes (baselines lost in flight by a killed driver) run first, and the
@@ -58,9 +60,11 @@ def run_tune(config: SearchConfig, out: Path, task_spec: Dict[str, Any], control
                     genotype = self.forced.pop(0)
                     self.suggested += 1
                     self.forced_trials[trial_id] = genotype
-                    return {"genotype": genotype.to_dict(), "hash": genotype.hash()}
+                    return {"genotype": genotype.to_dict(), "hash": genotype.hash(),
+                            "baseline": baseline_names.get(genotype.hash())}
                 suggestion = super().suggest(trial_id)
                 if isinstance(suggestion, dict):
+                    suggestion["baseline"] = baseline_names.get(suggestion["hash"])
                     known = ledger.find(suggestion["hash"])
                     if known is not None:
                         suggestion["known"] = {k: v for k, v in known.items() if k not in ("genotype", "trial")}
@@ -77,9 +81,19 @@ def run_tune(config: SearchConfig, out: Path, task_spec: Dict[str, Any], control
         proxy = config.proxy
         evals = max(1, math.ceil(proxy.steps / proxy.eval_every)) if proxy.eval_every else 1
         if config.scheduler.name == "asha" and evals > 1:
-            scheduler = ASHAScheduler(metric="reward", mode="max", time_attr="training_iteration", max_t=evals,
-                                      grace_period=min(config.scheduler.grace_evals, evals),
-                                      reduction_factor=config.scheduler.reduction_factor)
+            class BaselinesRunToTheEnd(ASHAScheduler):
+                """ASHA, except that a baseline is never stopped early: it is the yardstick, so
+                its AP must come from the full recipe (its results still set the rungs)."""
+
+                def on_trial_result(self, tune_controller, trial, result):
+                    decision = super().on_trial_result(tune_controller, trial, result)
+                    if trial.config.get("baseline") and result.get("training_iteration", 0) < evals:
+                        return self.CONTINUE
+                    return decision
+
+            scheduler = BaselinesRunToTheEnd(metric="reward", mode="max", time_attr="training_iteration", max_t=evals,
+                                             grace_period=min(config.scheduler.grace_evals, evals),
+                                             reduction_factor=config.scheduler.reduction_factor)
         else:
             scheduler = FIFOScheduler()
         setup = {"task": task_spec, "proxy": {k: v for k, v in vars(proxy).items() if k != "threads"},
@@ -88,7 +102,7 @@ def run_tune(config: SearchConfig, out: Path, task_spec: Dict[str, Any], control
         trainable = tune.with_resources(tune.with_parameters(proxy_trial, setup=setup),
                                         {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
         progress = LedgerCallback(ledger, controller, state_path, budget,
-                                  {g.hash(): name for g, name in zip(baselines, config.search.baselines)},
+                                  baseline_names,
                                   _controller_label(config))
         run = f"run-{len(list_runs(out)) + 1}"
         tuner = tune.Tuner(
