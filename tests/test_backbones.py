@@ -68,8 +68,8 @@ def test_proxy_detector_trains_and_detects_with_and_without_backbone():
     losses = model(images, targets)
     assert set(losses) == {"classification", "bbox_regression"}
     sum(losses.values()).backward()
-    assert model.neck.cells[0].n0 is not None
-    assert all(p.grad is None for p in backbone.parameters())
+    assert all(p.grad is not None for p in model.neck.parameters())  # the neck learns
+    assert all(p.grad is None for p in backbone.parameters())        # the frozen backbone does not
     features = backbone(images)
     cached = model(None, targets, features)
     torch.testing.assert_close(sum(cached.values()), sum(losses.values()))

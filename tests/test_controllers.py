@@ -14,6 +14,8 @@ from nasfpn.controllers.policy import valid_masks
 from nasfpn.space import load_space, space_from_dict
 from test_genotype import nasfpn_blocks
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Small settings so the contract suite runs in a second: policy updates every 4 samples.
 FAST = {"ppo": {"batch_size": 4, "hidden": 16, "embed": 8}, "reinforce": {"batch_size": 4, "hidden": 16, "embed": 8},
         "evolution": {"population": 6, "sample": 3}, "random": {}}
@@ -30,14 +32,6 @@ def tiny():
     """19 distinct topologies (36 decision sequences): duplicates come fast."""
     return space_from_dict({"name": "tiny", "cell": {"levels": [3, 4, 5], "width": 8}, "nodes": 1, "inputs": [1],
                             "combines": ["sum"], "ops": ["none", "conv3x3"], "outputs": "any"})
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make(name, space, **kwargs):
