@@ -2,7 +2,10 @@
 killed mid-trial; and the Ray-free parts (config, ledger, report, reward)."""
 import json
 import os
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -120,6 +123,40 @@ def test_a_worker_killed_mid_trial_is_retried(tmp_path, cache):
     finish(process)
     rows = entries(out)
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["attempts"] >= 2
+
+
+def test_a_search_joins_a_running_cluster(tmp_path, cache):
+    """``--address HOST:PORT`` against a head started by ``ray start`` with token authentication,
+    as scripts/cluster/start_head.sh does: the driver must send the token by itself."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_AUTH_MODE", None)
+    ray = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        config = {**TINY, "search": {"trials": 2, "concurrent": 2, "baselines": ["fpn"]}}
+        out = tmp_path / "cluster"
+        path = tmp_path / "cluster.yaml"
+        path.write_text(yaml.safe_dump(config))
+        deadline = time.time() + 120
+        while True:  # the head takes a few seconds to listen
+            done = subprocess.run([sys.executable, "-m", "nasfpn.cli", "search", "--config", str(path), "--out",
+                                   str(out), "--address", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                                  env={**env, "NASFPN_CACHE": str(cache)}, timeout=600)
+            if done.returncode == 0 or time.time() > deadline:
+                break
+            shutil.rmtree(out, ignore_errors=True)
+            time.sleep(2)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"Ray: cluster at 127.0.0.1:{port}, 1 node(s), 2 CPU" in done.stdout
+        assert [e["status"] for e in entries(out)] == ["ok", "ok"]
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
 
 
 def test_config_errors_name_the_key(tmp_path, capsys):

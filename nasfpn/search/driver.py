@@ -28,13 +28,30 @@ from .ledger import Ledger
 log = logging.getLogger(__name__)
 
 
-def quiet_ray_environment(verbose: bool) -> None:
-    """Ray's own output off by default, no usage statistics; set before ``import ray``."""
+def ray_environment(verbose: bool, address: str | None) -> None:
+    """Set before ``import ray``: Ray's own output off by default, no usage statistics, and
+    token authentication towards a cluster given by HOST:PORT (see :func:`cluster_auth_environment`)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
     if not verbose:
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
+    cluster_auth_environment(address)
+
+
+def cluster_auth_environment(address: str | None) -> None:
+    """Before ``import ray``: Ray sends a cluster its token by itself only for address "auto";
+    with HOST:PORT only when told, and the head then refuses us after half a minute of retries."""
+    if address and address != "auto" and "RAY_AUTH_MODE" not in os.environ and auth_token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def auth_token_available() -> bool:
+    """Whether this machine holds a Ray auth token where Ray looks for one."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    return Path(path).is_file()
 
 
 def quiet_ray_loggers(verbose: bool) -> None:
@@ -92,6 +109,7 @@ def run_search(config: SearchConfig, out: str | Path, *, resume: bool = False, v
     log.warning("prepared in %.0f s: %d train / %d val images, backbone weights %s", time.time() - started,
                 len(task.train), len(task.val), task.backbone_weights)
 
+    ray_environment(verbose, config.ray.address)
     from .tune_run import run_tune
     run_tune(config, out, task.spec, controller, ledger, baselines, forced, state_path, verbose=verbose)
     from .report import build_report

@@ -10,16 +10,55 @@ from typing import Any, Dict, List
 
 from ..genotype import Genotype
 from .config import SearchConfig
-from .driver import ledger_entry, list_runs, quiet_ray_environment, quiet_ray_loggers, save_state
+from .driver import ledger_entry, list_runs, quiet_ray_loggers, save_state
 from .ledger import Ledger
 from .trainable import proxy_trial
 
 log = logging.getLogger(__name__)
+TOKEN_HINT = ("if the cluster uses token authentication, copy its ~/.ray/auth_token to this machine or set "
+              "RAY_AUTH_TOKEN")
+
+
+def connect_ray(address: str | None, num_cpus: int | None, verbose: bool) -> str:
+    """A private local Ray bound to 127.0.0.1, or the cluster at ``address``; returns a line
+    saying which, for the progress view."""
+    import os
+
+    import ray
+
+    level = "INFO" if verbose else "ERROR"
+    if not address:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose,
+                 logging_level=level, _node_ip_address="127.0.0.1")
+        return f"Ray: local, {ray.cluster_resources().get('CPU', 0):g} CPU"
+    try:
+        ray.init(address=address, log_to_driver=verbose, logging_level=level)
+    except ConnectionError as error:
+        raise RuntimeError(f"ray.address {address!r}: {error}; {TOKEN_HINT}") from None
+
+    # A driver whose authentication mode differs from the cluster's connects fine, and then
+    # every trial dies "cancelled before it started": find out now, with one tiny actor.
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def ping(self) -> bool:
+            return True
+
+    try:
+        ray.get(Probe.remote().ping.remote(), timeout=120)
+    except Exception as error:  # noqa: BLE001 - any failure here means the same to the user
+        mode = os.environ.get("RAY_AUTH_MODE", "disabled")
+        ray.shutdown()
+        raise RuntimeError(f"ray.address {address!r}: connected, but the cluster cannot run this driver's actors "
+                           f"({type(error).__name__}); this driver's RAY_AUTH_MODE is {mode!r}: set the same mode "
+                           f"as the cluster's (RAY_AUTH_MODE=token or disabled) and try again") from None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    resources = ray.cluster_resources()
+    return (f"Ray: cluster at {address}, {len(nodes)} node(s), {resources.get('CPU', 0):g} CPU, "
+            f"{resources.get('GPU', 0):g} GPU")
 
 
 def run_tune(config: SearchConfig, out: Path, task_spec: Dict[str, Any], controller, ledger: Ledger,
              baselines: List[Genotype], forced: List[Genotype], state_path: Path, *, verbose: bool = False) -> None:
-    quiet_ray_environment(verbose)
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -32,11 +71,7 @@ def run_tune(config: SearchConfig, out: Path, task_spec: Dict[str, Any], control
     budget = config.search.trials
     remaining = budget - len(ledger)
     resources = config.resources
-    if config.ray.address:
-        ray.init(address=config.ray.address, log_to_driver=verbose, logging_level="INFO" if verbose else "ERROR")
-    else:
-        ray.init(address="local", num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=verbose,
-                 logging_level="INFO" if verbose else "ERROR", _node_ip_address="127.0.0.1")
+    print(connect_ray(config.ray.address, config.ray.num_cpus, verbose), flush=True)
     try:
         available = ray.cluster_resources()
         # A trial asking for more than the cluster has would wait forever without a word.

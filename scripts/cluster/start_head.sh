@@ -7,12 +7,16 @@
 set -euo pipefail
 port="${1:-6379}"
 export RAY_USAGE_STATS_ENABLED=0
+# Token authentication on, always: `ray start` turns it on only when a token already exists,
+# and a driver or worker whose mode differs from the head's cannot run anything there.
+ray get-auth-token --generate >/dev/null
+export RAY_AUTH_MODE=token
 ray start --head --port="$port" --include-dashboard=false
 cat <<MSG
 
-Head started. On each worker machine:
+Head started, with token authentication. On each worker machine, copy ~/.ray/auth_token from
+this machine to ~/.ray/auth_token there (or set RAY_AUTH_TOKEN), then:
   scripts/cluster/start_worker.sh $(hostname -I | awk '{print $1}'):$port
-Ray's token authentication is on by default: copy ~/.ray/auth_token from this machine to each
-worker (or set RAY_AUTH_TOKEN there). Then, here:
+Then, here (auto, or this machine's HOST:PORT; either sends the token by itself):
   NASFPN_CACHE=/shared/nasfpn-cache nasfpn search --address auto --out /shared/runs/my-search
 MSG
