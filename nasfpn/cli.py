@@ -135,7 +135,7 @@ def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone-weights", type=Path, metavar="FILE", help="local state dict of the backbone")
     p.add_argument("--return-nodes", help="comma-separated graph nodes of C3,C4,C5 (models not known by name)")
     p.add_argument("--no-freeze", action="store_true", help="train the backbone too (no feature cache)")
-    p.add_argument("--warmup-steps", type=int, help="steps of backbone warm-up when it has no weights (default 400)")
+    p.add_argument("--warmup-steps", type=int, help="steps of backbone warm-up when it has no weights (default 1200)")
     p.add_argument("--no-cache", action="store_true", help="do not use the frozen-backbone feature cache")
     p.add_argument("--cache-dir", type=Path, help="cache folder (default $NASFPN_CACHE or ~/.cache/nasfpn)")
 

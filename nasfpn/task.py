@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -49,7 +50,10 @@ class BackboneConfig:
     return_nodes: Optional[Sequence[str]] = None
     freeze: bool = True
     cache: bool = True
-    warmup_steps: int = 400
+    # 1200, not 400: after 400 steps the frozen features were too weak for a top-down path to
+    # carry anything (a neck without one ranked above FPN); after 1200 FPN beats it by 0.018 AP
+    # over 2 seeds on the built-in data. About 9 minutes on 2 CPU cores, once, cached.
+    warmup_steps: int = 1200
     warmup_lr: float = 1e-3
 
 
@@ -134,11 +138,15 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
     net = build_backbone(backbone.name, return_nodes=backbone.return_nodes, freeze=False, probe_size=proxy.image_size)
     config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0,
                                  max_loss=ProxyConfig.max_loss, head_depth=WARMUP_HEAD_DEPTH)
-    every = max(1, backbone.warmup_steps // 8)
+    every = max(1, backbone.warmup_steps // 12)
+    started = time.perf_counter()
 
     def progress(report: dict) -> None:
-        if report["step"] % every == 0:
-            log.warning("  warm-up step %d/%d, loss %.3f", report["step"], backbone.warmup_steps, report["loss"])
+        step, total = report["step"], backbone.warmup_steps
+        if step % every == 0:
+            elapsed = time.perf_counter() - started
+            log.warning("  warm-up step %d/%d, loss %.3f, %.0f s elapsed, ~%.0f s left", step, total, report["loss"],
+                        elapsed, elapsed / step * (total - step))
 
     config = dataclasses.replace(config, report_every=1)
     result = train_proxy(load_genotype("fpn"), ProxyTask(train, val, net), config, report=progress)

@@ -187,10 +187,16 @@ class LedgerCallback(_tune_callback_base()):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = dict(trial.last_result or {})
         status = "ok" if result.get("final") else "stopped"
+        self._count_running(trials, trial)
         self._finish(trial, result, status, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._count_running(trials, trial)
         self._finish(trial, dict(trial.last_result or {}), "failed", _error_text(trial))
+
+    def _count_running(self, trials, finished) -> None:
+        # Tune still calls the finishing trial RUNNING here.
+        self.running = sum(t.status == "RUNNING" and t is not finished for t in trials)
 
     def _finish(self, trial, result: Dict[str, Any], status: str, error) -> None:
         config = trial.config
