@@ -256,7 +256,8 @@ def _train(args: argparse.Namespace) -> None:
         print(f"FAILED    {result['error']}")
     print("AP      AP50    AP75    AP_S    AP_M    AP_L")
     print("  ".join(f"{result[m]:6.3f}" for m in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")))
-    print(f"neck      {result['params']:,} params, {result['macs'] / 1e9:.3f} GMACs at {proxy.image_size} px")
+    print(f"neck      {result['params']:,} params, {result['macs'] / 1e9:.3f} GMACs at {proxy.image_size} px "
+          f"(as the proxy builds it: width {proxy.width}, {result['proxy_repeats']} repeat(s))")
     print(f"time      {result['seconds']:.1f} s (train {result['train_seconds']:.1f}, eval {result['eval_seconds']:.1f})")
     if args.json:
         args.json.write_text(json.dumps({"genotype": genotype.to_dict(), "hash": genotype.hash(), **result}, indent=1))

@@ -83,7 +83,9 @@ class ProxyDetector(nn.Module):
             features = self.features(images)
         pyramid = list(self.neck(features).values())
         batch = pyramid[0].shape[0]
-        head_outputs = self.retinanet.head(pyramid)
+        # Under autocast the head computes in half precision; the focal loss, box decoding and
+        # scores are taken in float32.
+        head_outputs = {k: v.float() for k, v in self.retinanet.head(pyramid).items()}
         # The anchor generator reads only the canvas size, device and dtype of the image batch.
         canvas = ImageList(pyramid[0].new_empty(batch, 0, self.image_size, self.image_size),
                            [(self.image_size, self.image_size)] * batch)

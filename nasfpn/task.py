@@ -22,7 +22,7 @@ import torch
 from .backbones import build_backbone, weights_fingerprint
 from .cache import FeatureCache, dataset_fingerprint, default_cache_root
 from .genotype import load_genotype
-from .train import ProxyConfig, ProxyTask, train_proxy
+from .train import ProxyConfig, ProxyTask, autocast_settings, proxy_device, train_proxy
 
 log = logging.getLogger(__name__)
 WARMUP_HEAD_DEPTH = 2  # the warm-up's own detector head, whatever the proxy's
@@ -127,7 +127,8 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
     """Train the backbone inside an FPN proxy for ``warmup_steps``; cached by its inputs."""
     key = {"dataset": dataset_fingerprint(train), "backbone": backbone.name, "return_nodes": backbone.return_nodes,
            "steps": backbone.warmup_steps, "lr": backbone.warmup_lr, "size": proxy.image_size, "seed": proxy.seed,
-           "width": proxy.width, "head_depth": WARMUP_HEAD_DEPTH, "torch": torch.__version__.split("+")[0]}
+           "width": proxy.width, "head_depth": WARMUP_HEAD_DEPTH, "torch": torch.__version__.split("+")[0],
+           "precision": str(autocast_settings(proxy.amp, proxy_device())[1]).replace("torch.", "")}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = root / "warmup" / f"{backbone.name}-{digest}.pt"
     if path.is_file():

@@ -37,6 +37,9 @@ class ProxyConfig:
     a minute a candidate on one CPU thread with the feature cache."""
     image_size: int = 256
     width: int = 64
+    # Deep stacks are capped in the proxy, as width is: NAS-FPN's own search proxy stacked its
+    # cells 3 times (7 in the final model). None trains every neck at its own repeats.
+    max_repeats: Optional[int] = 3
     head_depth: int = 1
     anchor_scale: float = 2.0
     steps: int = 600
@@ -51,13 +54,15 @@ class ProxyConfig:
     eval_every: int = 0
     max_loss: float = 1e3
     threads: Optional[int] = None
-    amp: bool = True
+    amp: bool = True  # mixed precision on CUDA, and on CPUs with native bfloat16 (see autocast_settings)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in ("image_size", "width", "steps", "batch_size") and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"proxy.{f.name}: must be a positive integer, got {value!r}")
+        if self.max_repeats is not None and (not isinstance(self.max_repeats, int) or self.max_repeats < 1):
+            raise ValueError(f"proxy.max_repeats: a positive integer or null, got {self.max_repeats!r}")
         if self.image_size % 128:
             raise ValueError(f"proxy.image_size: must be a multiple of 128 (P7's stride), got {self.image_size}")
         if self.optimizer not in ("adamw", "sgd"):
@@ -125,15 +130,17 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
             (what ASHA stops trials on).
 
     Returns:
-        ``status`` ("ok" or "failed"), ``error``, the AP metrics, ``params``/``macs`` of the neck,
+        ``status`` ("ok" or "failed"), ``error``, the AP metrics, ``params``/``macs`` of the neck
+        as the proxy builds it (proxy width, ``proxy_repeats`` repeats),
         ``steps`` done, ``train_seconds``, ``eval_seconds``, ``seconds``, ``final_loss``.
     """
     start = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = proxy_device()
     cached = task.train_cache is not None
+    genotype = proxy_genotype(genotype, config)
     model = ProxyDetector(genotype, task.channels, task.num_classes, config.image_size,
                           backbone=None if cached else task.backbone, width=config.width,
                           head_depth=config.head_depth, anchor_scale=config.anchor_scale).to(device)
@@ -144,12 +151,12 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
     else:
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
-    amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp, amp_dtype = autocast_settings(config.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     order = torch.Generator().manual_seed(config.seed)
     permutation: List[int] = []
-    result: Dict[str, Any] = {"status": "ok", "error": None, **neck_cost, "steps": 0}
+    result: Dict[str, Any] = {"status": "ok", "error": None, **neck_cost, "steps": 0, "proxy_repeats": genotype.repeats,
+                              "precision": str(amp_dtype).replace("torch.", "") if amp else "float32"}
     loss_value = math.nan
     model.train()
     for step in range(1, config.steps + 1):
@@ -192,6 +199,37 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
         result["eval_seconds"] = 0.0
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
+
+
+def proxy_device() -> torch.device:
+    """Where proxies train: the GPU Ray gave the trial (it sees only its own), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16): there, autocast to
+    bfloat16 makes a ResNet-18 training step 2.2x faster (measured on this project's machine);
+    elsewhere it would be emulated and slower."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private in torch.cpu; absent = no
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_settings(amp: bool, device: torch.device) -> tuple[bool, torch.dtype]:
+    """``(enabled, dtype)`` of mixed precision: on CUDA bfloat16 where supported, else float16
+    (with a gradient scaler); on a CPU bfloat16 where it is native, else off."""
+    if not amp:
+        return False, torch.float32
+    if device.type == "cuda":
+        return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return (True, torch.bfloat16) if native_cpu_bf16() else (False, torch.float32)
+
+
+def proxy_genotype(genotype: Genotype, config: ProxyConfig) -> Genotype:
+    """The neck the proxy trains: ``genotype`` with its repeats capped at ``config.max_repeats``
+    (the width is the proxy's too; see :class:`ProxyDetector`)."""
+    if config.max_repeats is None or genotype.repeats <= config.max_repeats:
+        return genotype
+    return dataclasses.replace(genotype, repeats=config.max_repeats)
 
 
 def _evaluate(model: ProxyDetector, task: ProxyTask, device: torch.device) -> Dict[str, float]:

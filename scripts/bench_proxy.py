@@ -120,7 +120,7 @@ def rank(task: ProxyTask, config: ProxyConfig, seeds: int) -> list[dict]:
                      "ap50_mean": statistics.mean(r["ap50"] for r in runs),
                      "ap_small_mean": statistics.mean(r["ap_small"] for r in runs),
                      "seconds_mean": statistics.mean(r["seconds"] for r in runs), "params": runs[0]["params"],
-                     "macs": runs[0]["macs"], "runs": runs})
+                     "macs": runs[0]["macs"], "proxy_repeats": runs[0]["proxy_repeats"], "runs": runs})
         print(f"  {name:12s} AP {rows[-1]['ap_mean']:.3f} [{min(aps):.3f}, {max(aps):.3f}]  "
               f"{rows[-1]['seconds_mean']:.0f} s/run", flush=True)
     return rows
@@ -128,10 +128,13 @@ def rank(task: ProxyTask, config: ProxyConfig, seeds: int) -> list[dict]:
 
 def print_ranking(title: str, rows: list[dict], seeds: int) -> None:
     print(f"\n{title} (mean and [min, max] over {seeds} seed(s))")
-    print(f"{'neck':12s} {'AP':>6s} {'range':>15s} {'AP50':>6s} {'AP_S':>6s} {'params':>9s} {'GMACs':>6s} {'s/run':>6s}")
+    print(f"{'neck':12s} {'AP':>6s} {'range':>15s} {'AP50':>6s} {'AP_S':>6s} {'AP_M':>6s} {'repeats':>7s} "
+          f"{'params':>9s} {'GMACs':>6s} {'s/run':>6s}")
     for r in sorted(rows, key=lambda r: -r["ap_mean"]):
+        ap_m = statistics.mean(run["ap_medium"] for run in r["runs"])
         print(f"{r['neck']:12s} {r['ap_mean']:6.3f} [{r['ap_min']:.3f}, {r['ap_max']:.3f}] {r['ap50_mean']:6.3f} "
-              f"{r['ap_small_mean']:6.3f} {r['params']:9,d} {r['macs'] / 1e9:6.2f} {r['seconds_mean']:6.0f}")
+              f"{r['ap_small_mean']:6.3f} {ap_m:6.3f} {r['proxy_repeats']:7d} {r['params']:9,d} {r['macs'] / 1e9:6.2f} "
+              f"{r['seconds_mean']:6.0f}")
 
 
 def main() -> None:

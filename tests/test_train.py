@@ -128,3 +128,26 @@ def _config(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text("data: {synthetic_images: 12}\nproxy: {head_depth: 1}\n")
     return path
+
+
+def test_the_proxy_caps_repeats_as_nasfpn_search_did(task):
+    nasfpn = load_genotype("nasfpn")  # 7 repeats
+    capped = train_proxy(nasfpn, task, dataclasses.replace(TINY, steps=1, max_repeats=2))
+    three = train_proxy(dataclasses.replace(nasfpn, repeats=2), task, dataclasses.replace(TINY, steps=1, max_repeats=None))
+    assert capped["proxy_repeats"] == 2 and capped["params"] == three["params"] and capped["macs"] == three["macs"]
+    fpn = train_proxy(load_genotype("fpn"), task, dataclasses.replace(TINY, steps=1, max_repeats=2))
+    assert fpn["proxy_repeats"] == 1  # a cap, never more repeats than the genotype has
+    with pytest.raises(ValueError, match="proxy.max_repeats"):
+        ProxyConfig(max_repeats=0)
+
+
+
+def test_mixed_precision_on_cpus_with_native_bfloat16(task):
+    from nasfpn.train import native_cpu_bf16
+
+    one = dataclasses.replace(TINY, steps=1)
+    mixed = train_proxy(load_genotype("fpn"), task, one)
+    full = train_proxy(load_genotype("fpn"), task, dataclasses.replace(one, amp=False))
+    assert full["precision"] == "float32"
+    assert mixed["precision"] == ("bfloat16" if native_cpu_bf16() else "float32")
+    assert math.isclose(mixed["final_loss"], full["final_loss"], rel_tol=0.05)  # same model, same batch

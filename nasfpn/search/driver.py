@@ -103,7 +103,9 @@ def run_search(config: SearchConfig, out: str | Path, *, resume: bool = False, v
         "width": proxy.width, "image_size": proxy.image_size, "backbone": config.backbone.name,
         "backbone_weights": task.backbone_weights, "space": config.space, "controller": _controller_name(config),
         "recipe": f"{proxy.steps} steps of batch {proxy.batch_size} at {proxy.image_size} px, width {proxy.width}, "
-                  f"{proxy.optimizer} lr {proxy.lr}, seed {proxy.seed}, backbone {config.backbone.name} "
+                  f"{proxy.optimizer} lr {proxy.lr}, seed {proxy.seed}, "
+                  f"{'at most ' + str(proxy.max_repeats) + ' repeats' if proxy.max_repeats else 'full repeats'}, "
+                  f"backbone {config.backbone.name} "
                   f"({'frozen' if config.backbone.freeze else 'trained'})",
         "train_images": len(task.train), "val_images": len(task.val)}, indent=1))
     log.warning("prepared in %.0f s: %d train / %d val images, backbone weights %s", time.time() - started,
@@ -151,7 +153,7 @@ def ledger_entry(trial_number: int, config: Dict[str, Any], result: Optional[Dic
     """One ledger line: the genotype and its hash, what it scored, how it ended."""
     result = result or {}
     keys = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "params", "macs", "steps", "seconds",
-            "train_seconds", "eval_seconds", "final_loss")
+            "train_seconds", "eval_seconds", "final_loss", "proxy_repeats", "precision")
     return {"trial": trial_number, "hash": config["hash"], "genotype": config["genotype"], "status": status,
             "reward": float(result.get("reward", 0.0)) if status != "failed" else 0.0,
             **{k: result.get(k) for k in keys if k in result}, "ap": float(result.get("ap", 0.0)),
