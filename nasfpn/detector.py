@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -86,10 +87,13 @@ class ProxyDetector(nn.Module):
         # Under autocast the head computes in half precision; the focal loss, box decoding and
         # scores are taken in float32.
         head_outputs = {k: v.float() for k, v in self.retinanet.head(pyramid).items()}
-        # The anchor generator reads only the canvas size, device and dtype of the image batch.
-        canvas = ImageList(pyramid[0].new_empty(batch, 0, self.image_size, self.image_size),
+        # The anchor generator reads only sizes, the device and the dtype of what it is given;
+        # float32 stand-ins, so that anchors stay exact under autocast (bfloat16 would round a
+        # 256-pixel anchor to 2 pixels).
+        canvas = ImageList(pyramid[0].new_empty(batch, 0, self.image_size, self.image_size, dtype=torch.float32),
                            [(self.image_size, self.image_size)] * batch)
-        anchors = self.retinanet.anchor_generator(canvas, pyramid)
+        grids = [p.new_empty(0, 0, *p.shape[-2:], dtype=torch.float32) for p in pyramid]
+        anchors = self.retinanet.anchor_generator(canvas, grids)
         if self.training:
             if targets is None:
                 raise ValueError("training needs targets")

@@ -22,7 +22,7 @@ import torch
 from .backbones import build_backbone, weights_fingerprint
 from .cache import FeatureCache, dataset_fingerprint, default_cache_root
 from .genotype import load_genotype
-from .train import ProxyConfig, ProxyTask, autocast_settings, proxy_device, train_proxy
+from .train import ProxyConfig, ProxyTask, precision_name, proxy_device, train_proxy
 
 log = logging.getLogger(__name__)
 WARMUP_HEAD_DEPTH = 2  # the warm-up's own detector head, whatever the proxy's
@@ -52,7 +52,8 @@ class BackboneConfig:
     cache: bool = True
     # 1200, not 400: after 400 steps the frozen features were too weak for a top-down path to
     # carry anything (a neck without one ranked above FPN); after 1200 FPN beats it by 0.018 AP
-    # over 2 seeds on the built-in data. About 9 minutes on 2 CPU cores, once, cached.
+    # over 2 seeds on the built-in data. About 10 minutes on 2 CPU cores with bfloat16 autocast
+    # (16 in float32), once, cached.
     warmup_steps: int = 1200
     warmup_lr: float = 1e-3
 
@@ -125,10 +126,13 @@ def task_from_spec(spec: Mapping[str, Any]) -> ProxyTask:
 
 def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, root: Path) -> Path:
     """Train the backbone inside an FPN proxy for ``warmup_steps``; cached by its inputs."""
+    config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0,
+                                 max_loss=ProxyConfig.max_loss, head_depth=WARMUP_HEAD_DEPTH, report_every=1,
+                                 threads=None)
+    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("report_every", "eval_every", "threads")}
     key = {"dataset": dataset_fingerprint(train), "backbone": backbone.name, "return_nodes": backbone.return_nodes,
-           "steps": backbone.warmup_steps, "lr": backbone.warmup_lr, "size": proxy.image_size, "seed": proxy.seed,
-           "width": proxy.width, "head_depth": WARMUP_HEAD_DEPTH, "torch": torch.__version__.split("+")[0],
-           "precision": str(autocast_settings(proxy.amp, proxy_device())[1]).replace("torch.", "")}
+           "recipe": recipe, "precision": precision_name(config.amp, proxy_device()),
+           "torch": torch.__version__.split("+")[0], "anchors": "float32"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = root / "warmup" / f"{backbone.name}-{digest}.pt"
     if path.is_file():
@@ -137,8 +141,6 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
     log.warning("warming up %s for %d steps on %d training images (once; cached in %s)",
                 backbone.name, backbone.warmup_steps, len(train), path)
     net = build_backbone(backbone.name, return_nodes=backbone.return_nodes, freeze=False, probe_size=proxy.image_size)
-    config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0,
-                                 max_loss=ProxyConfig.max_loss, head_depth=WARMUP_HEAD_DEPTH)
     every = max(1, backbone.warmup_steps // 12)
     started = time.perf_counter()
 
@@ -149,7 +151,6 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
             log.warning("  warm-up step %d/%d, loss %.3f, %.0f s elapsed, ~%.0f s left", step, total, report["loss"],
                         elapsed, elapsed / step * (total - step))
 
-    config = dataclasses.replace(config, report_every=1)
     result = train_proxy(load_genotype("fpn"), ProxyTask(train, val, net), config, report=progress)
     if result["status"] != "ok":
         raise RuntimeError(f"backbone warm-up failed: {result['error']}")

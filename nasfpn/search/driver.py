@@ -22,6 +22,7 @@ import yaml
 from ..genotype import Genotype, load_genotype
 from ..space import load_space
 from ..task import prepare_task
+from ..train import precision_name, proxy_device, proxy_genotype
 from .config import SearchConfig, search_config
 from .ledger import Ledger
 
@@ -82,7 +83,9 @@ def run_search(config: SearchConfig, out: str | Path, *, resume: bool = False, v
     started = time.time()
     task = prepare_task(config.data, config.backbone, proxy)
     space = load_space(config.space)
-    baselines = [load_genotype(name).replace(width=proxy.width) for name in config.search.baselines]
+    # As the proxy trains them (its width, at most its repeats), so the ledger holds what was trained.
+    baselines = [proxy_genotype(load_genotype(name).replace(width=proxy.width), proxy)
+                 for name in config.search.baselines]
     controller = _controller(config, space, baselines)
     state_path = out / "controller.pt"
     queued = {g.hash() for g in baselines}
@@ -103,7 +106,7 @@ def run_search(config: SearchConfig, out: str | Path, *, resume: bool = False, v
         "width": proxy.width, "image_size": proxy.image_size, "backbone": config.backbone.name,
         "backbone_weights": task.backbone_weights, "space": config.space, "controller": _controller_name(config),
         "recipe": f"{proxy.steps} steps of batch {proxy.batch_size} at {proxy.image_size} px, width {proxy.width}, "
-                  f"{proxy.optimizer} lr {proxy.lr}, seed {proxy.seed}, "
+                  f"{proxy.optimizer} lr {proxy.lr}, seed {proxy.seed}, {precision_name(proxy.amp, proxy_device())}, "
                   f"{'at most ' + str(proxy.max_repeats) + ' repeats' if proxy.max_repeats else 'full repeats'}, "
                   f"backbone {config.backbone.name} "
                   f"({'frozen' if config.backbone.freeze else 'trained'})",
