@@ -132,6 +132,7 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
     recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("report_every", "eval_every", "threads")}
     key = {"dataset": dataset_fingerprint(train), "backbone": backbone.name, "return_nodes": backbone.return_nodes,
            "recipe": recipe, "precision": precision_name(config.amp, proxy_device()),
+           # "anchors": warm-ups made before anchors were kept in float32 under autocast are not reused
            "torch": torch.__version__.split("+")[0], "anchors": "float32"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = root / "warmup" / f"{backbone.name}-{digest}.pt"
