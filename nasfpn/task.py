@@ -129,7 +129,10 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
     config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0,
                                  max_loss=ProxyConfig.max_loss, head_depth=WARMUP_HEAD_DEPTH, report_every=1,
                                  threads=None)
-    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("report_every", "eval_every", "threads")}
+    # Not in the key: what does not change the trained backbone (progress reports, threads; the
+    # repeat cap, since the warm-up's FPN is a single cell).
+    ignored = ("report_every", "eval_every", "threads", "max_repeats")
+    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
     key = {"dataset": dataset_fingerprint(train), "backbone": backbone.name, "return_nodes": backbone.return_nodes,
            "recipe": recipe, "precision": precision_name(config.amp, proxy_device()),
            # "anchors": warm-ups made before anchors were kept in float32 under autocast are not reused

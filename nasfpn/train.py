@@ -34,13 +34,15 @@ class ProxyConfig:
 
     The defaults are the CPU proxy measured in scripts/bench_proxy.py: 600 steps at lr 2e-3 with
     a one-layer head reach about 3x the AP of 300 steps at 5e-4 on the built-in data, for about
-    a minute a candidate on two CPU threads with the feature cache (FPN; BiFPN and NAS-FPN
-    at 3 repeats about two)."""
+    a minute a candidate on two CPU threads with the feature cache (one cell of any neck)."""
     image_size: int = 256
     width: int = 64
-    # Deep stacks are capped in the proxy, as width is: NAS-FPN's own search proxy stacked its
-    # cells 3 times (7 in the final model). None trains every neck at its own repeats.
-    max_repeats: Optional[int] = 3
+    # Stacked cells are capped in the proxy, as width is: the search ranks cells, and a 600-step
+    # CPU proxy under-trains a stack of freshly initialised cells. Measured on the built-in data
+    # (2 seeds): at 3 repeats BiFPN 0.270 and NAS-FPN 0.258 AP fell below a neck with no top-down
+    # path (0.282); as one cell they score 0.290-0.309 and 0.301-0.317, above it, in half the time.
+    # NAS-FPN's own search proxy (10 COCO epochs on TPUs) stacked 3. None: every neck's own repeats.
+    max_repeats: Optional[int] = 1
     head_depth: int = 1
     anchor_scale: float = 2.0
     steps: int = 600

@@ -202,6 +202,23 @@ def test_synthetic_spots_take_the_class_of_the_object_they_lie_on():
     assert enclosed >= 60 and same_class >= 0.75 * enclosed
 
 
+def test_synthetic_spots_never_hide_their_object():
+    """A spot that would leave its object below VISIBLE_MIN visible is not drawn: the object
+    would go unannotated while its spots keep its class."""
+    import numpy as np
+
+    from nasfpn.data.synthetic import VISIBLE_MIN, _add_spots
+
+    side = 120
+    labels = np.zeros((256, 256), dtype=np.int32)
+    placed, full = [(0, 0, 0, np.ones((side, side), dtype=bool))], [side * side]
+    visible = [int(VISIBLE_MIN * full[0]) + 60]   # room for no spot but the smallest (a 10 px disc is ~80 px)
+    for seed in range(20):
+        _add_spots(np.random.default_rng(seed), np.zeros((256, 256, 3), np.float32), labels, placed, full,
+                   visible, 0, 1.0)
+    assert visible[0] >= VISIBLE_MIN * full[0]
+
+
 def test_synthetic_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         synthetic_dataset(tmp_path, num_images=2, image_size=16)

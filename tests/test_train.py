@@ -130,7 +130,7 @@ def _config(tmp_path):
     return path
 
 
-def test_the_proxy_caps_repeats_as_nasfpn_search_did(task):
+def test_the_proxy_caps_repeats(task):
     nasfpn = load_genotype("nasfpn")  # 7 repeats
     capped = train_proxy(nasfpn, task, dataclasses.replace(TINY, steps=1, max_repeats=2))
     two = train_proxy(dataclasses.replace(nasfpn, repeats=2), task, dataclasses.replace(TINY, steps=1, max_repeats=None))
@@ -163,3 +163,42 @@ def test_mixed_precision_keeps_anchors_and_loss_in_float32(task):
     with torch.autocast(proxy_device().type, dtype=dtype):
         model(None, task.val_cache.batch_targets([0, 1], [False, False]), features)
     assert seen and all(a.dtype == torch.float32 for a in seen)
+
+
+def test_the_warm_up_is_cached_by_what_changes_it(splits, tmp_path):
+    """Reused when only the repeat cap differs (the warm-up's FPN is one cell), redone for another lr."""
+    from nasfpn.task import BackboneConfig, warmup_backbone
+
+    train, val, _ = splits
+    backbone = BackboneConfig(warmup_steps=1)
+    first = warmup_backbone(train, val, backbone, dataclasses.replace(TINY, max_repeats=3), tmp_path)
+    written = first.stat().st_mtime_ns
+    again = warmup_backbone(train, val, backbone, dataclasses.replace(TINY, max_repeats=1, threads=1), tmp_path)
+    assert again == first and first.stat().st_mtime_ns == written
+    other = warmup_backbone(train, val, dataclasses.replace(backbone, warmup_lr=5e-4), TINY, tmp_path)
+    assert other != first and other.is_file()
+
+
+def test_remembered_anchor_matches_give_torchvisions_loss(task):
+    """The detector remembers each image's anchor matching; the loss stays torchvision's own."""
+    from nasfpn.detector import ProxyDetector
+
+    torch.manual_seed(0)
+    model = ProxyDetector(load_genotype("fpn"), task.channels, task.num_classes, 128, width=8, head_depth=1).train()
+    _, features, targets = task.batch("train", [0, 1, 2], [False, True, False])
+    targets = targets + [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    features = {k: torch.cat([v, v[:1]]) for k, v in features.items()}
+    first = model(None, targets, features)
+    assert len(model._matches) == 3  # one per image with boxes
+    again = model(None, targets, features)
+    assert len(model._matches) == 3
+    pyramid = list(model.neck(features).values())
+    head_outputs = model.retinanet.head(pyramid)
+    from torchvision.models.detection.image_list import ImageList
+
+    canvas = ImageList(torch.empty(4, 0, 128, 128), [(128, 128)] * 4)
+    anchors = model.retinanet.anchor_generator(canvas, pyramid)
+    reference = model.retinanet.compute_loss(targets, head_outputs, anchors)
+    for losses in (first, again):
+        for name, value in reference.items():
+            torch.testing.assert_close(losses[name], value)

@@ -22,7 +22,7 @@ ranked above FPN (see the issue notes); with spots (and the longer backbone warm
 Occlusion: objects overlap (a placement is retried if it would leave an earlier object less than
 half visible) and may run off the image edge. Each object's box is the extent of its *visible*
 pixels, taken from a per-object label map; an object less than ``VISIBLE_MIN`` visible is left
-out of the annotations.
+out of the annotations, and no spot is drawn where it would leave its object less visible.
 
 The files are made once per ``(version, num_images, image_size, seed)`` into a folder of the
 cache (``$NASFPN_CACHE`` or ``~/.cache/nasfpn``), written in a temporary folder and renamed into
@@ -227,6 +227,8 @@ def _add_spots(rng: np.random.Generator, canvas: np.ndarray, labels: np.ndarray,
                 break
         else:
             continue
+        if visible[parent] - int(spot.sum()) < VISIBLE_MIN * full[parent]:
+            continue   # it would leave the parent unannotated while its spots keep its class
         _paint(rng, canvas, alpha, sx, sy)
         labels[sy:sy + h, sx:sx + w][spot] = len(placed)
         visible[parent] -= int(spot.sum())
