@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--genotype", default="fpn", help=f"a genotype YAML file or a reference name ({refs}; default fpn)")
     p.add_argument("--config", type=Path, default=None, help="YAML with data:, backbone:, proxy: sections")
     data_args(p)
-    p.add_argument("--steps", type=int, help="training steps (default 300)")
+    p.add_argument("--steps", type=int, help="training steps (default 600)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--image-size", type=int, help="letterboxed input size, a multiple of 128 (default 256)")
     p.add_argument("--width", type=int, help="neck and head width (default 64)")

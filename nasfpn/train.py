@@ -38,9 +38,10 @@ class ProxyConfig:
     image_size: int = 256
     width: int = 64
     # Stacked cells are capped in the proxy, as width is: the search ranks cells, and a 600-step
-    # CPU proxy under-trains a stack of freshly initialised cells. Measured on the built-in data
-    # (2 seeds): at 3 repeats BiFPN 0.270 and NAS-FPN 0.258 AP fell below a neck with no top-down
-    # path (0.282); as one cell they score 0.290-0.309 and 0.301-0.317, above it, in half the time.
+    # CPU proxy under-trains a stack of freshly initialised cells. Measured on the built-in data:
+    # at 3 repeats BiFPN 0.270 and NAS-FPN 0.258 AP (1 seed) fell below a neck with no top-down
+    # path (0.282, 2 seeds); as one cell they score 0.290-0.309 and 0.301-0.317 (2 seeds), above
+    # it, in about half the time.
     # NAS-FPN's own search proxy (10 COCO epochs on TPUs) stacked 3. None: every neck's own repeats.
     max_repeats: Optional[int] = 1
     head_depth: int = 1

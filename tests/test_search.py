@@ -196,9 +196,20 @@ def test_report_from_a_ledger_alone(tmp_path):
     ledger.append({"trial": 4, "hash": "4" * 12, "genotype": load_genotype("bifpn").to_dict(), "status": "failed",
                    "reward": 0.0, "ap": 0.0, "error": "loss nan at step 3", "baseline": None})
     board = build_report(tmp_path).read_text()
-    assert "Best searched cell `222222222222` (AP 0.250) beats the FPN baseline (AP 0.200)" in board
+    assert "Best searched cell `222222222222` (AP 0.250) beats the FPN baseline (AP 0.200) under this recipe, " \
+           "one seed each." in board
     assert "loss nan at step 3" in board
     assert (tmp_path / "best.yaml").is_file() and (tmp_path / "plots" / "reward.png").is_file()
+
+
+def test_report_calls_a_gap_within_seed_noise_no_win(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    for i, (name, ap) in enumerate([("fpn", 0.301), (None, 0.302)], 1):
+        ledger.append({"trial": i, "hash": f"{i}" * 12, "genotype": load_genotype(name or "panet").to_dict(),
+                       "status": "ok", "reward": ap, "ap": ap, "params": 1, "macs": 1e6, "baseline": name})
+    board = build_report(tmp_path).read_text()
+    assert "beats the FPN baseline (AP 0.301) under this recipe, one seed each: a gap of +0.001 AP" in board
+    assert "before calling it a win" in board
 
 
 def test_cost_aware_reward():

@@ -107,7 +107,7 @@ def run_search(config: SearchConfig, out: str | Path, *, resume: bool = False, v
         "backbone_weights": task.backbone_weights, "space": config.space, "controller": _controller_name(config),
         "recipe": f"{proxy.steps} steps of batch {proxy.batch_size} at {proxy.image_size} px, width {proxy.width}, "
                   f"{proxy.optimizer} lr {proxy.lr}, seed {proxy.seed}, {precision_name(proxy.amp, proxy_device())}, "
-                  f"{'at most ' + str(proxy.max_repeats) + ' repeats' if proxy.max_repeats else 'full repeats'}, "
+                  f"{_repeats_phrase(proxy.max_repeats)}, "
                   f"backbone {config.backbone.name} "
                   f"({'frozen' if config.backbone.freeze else 'trained'})",
         "train_images": len(task.train), "val_images": len(task.val)}, indent=1))
@@ -167,3 +167,9 @@ def ledger_entry(trial_number: int, config: Dict[str, Any], result: Optional[Dic
 
 def list_runs(out: Path) -> List[Path]:
     return sorted((out / "tune").glob("run-*")) if (out / "tune").is_dir() else []
+
+
+def _repeats_phrase(max_repeats: Optional[int]) -> str:
+    if max_repeats is None:
+        return "full repeats"
+    return "one cell of each neck" if max_repeats == 1 else f"at most {max_repeats} repeats"
