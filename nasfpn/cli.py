@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
                    "controller, search, scheduler, resources, ray, reward")
     p.add_argument("--space", help="search space name or YAML (default wide)")
     p.add_argument("--controller", help="controller name or YAML: ppo, reinforce, evolution, random (default ppo)")
-    p.add_argument("--trials", type=int, help="trial budget, baselines included (default 12)")
+    p.add_argument("--trials", type=int, help="trial budget, baselines included (default 16)")
     p.add_argument("--concurrent", type=int, help="trials at once (default 2)")
     p.add_argument("--steps", type=int, help="proxy training steps per trial (default 600)")
     p.add_argument("--no-asha", action="store_true", help="no early stopping")

@@ -67,7 +67,7 @@ class ProxyDetector(nn.Module):
                                    max_size=image_size, anchor_generator=anchors, head=head,
                                    score_thresh=score_thresh, nms_thresh=nms_thresh,
                                    detections_per_img=detections_per_img)
-        self._matches: Dict[bytes, Tensor] = {}
+        self._matches: Dict[tuple, Tensor] = {}
         self._matches_bytes = 0
 
     def _matched_anchors(self, boxes: Tensor, anchors: Tensor) -> Tensor:
@@ -78,7 +78,8 @@ class ProxyDetector(nn.Module):
         if boxes.numel() == 0:
             return torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device)
         remember = boxes.device.type == "cpu" and len(boxes) < 2 ** 15
-        key = boxes.numpy().tobytes() if remember else b""
+        # The anchors are fixed by the image size; their count guards against another size.
+        key = (anchors.shape[0], str(boxes.dtype), boxes.numpy().tobytes()) if remember else None
         if remember and key in self._matches:
             return self._matches[key].long()
         matched = self.retinanet.proposal_matcher(box_ops.box_iou(boxes, anchors))

@@ -145,7 +145,7 @@ def test_split_rejects_bad_input(ids, fraction, message):
 def test_synthetic_is_deterministic_cached_and_plain_coco(tmp_path):
     a = synthetic_dataset(tmp_path / "one", num_images=6, image_size=64, seed=1)
     b = synthetic_dataset(tmp_path / "two", num_images=6, image_size=64, seed=1)
-    assert a[0].parent.name == "synthetic-v2-n6-s64-seed1"
+    assert a[0].parent.name == "synthetic-v2r1-n6-s64-seed1"
     assert a[0].read_bytes() == b[0].read_bytes()
     names = sorted(p.name for p in a[1].iterdir())
     assert names == [f"{i:06d}.png" for i in range(1, 7)] == sorted(p.name for p in b[1].iterdir())
@@ -156,8 +156,8 @@ def test_synthetic_is_deterministic_cached_and_plain_coco(tmp_path):
     mtime = a[0].stat().st_mtime_ns
     assert synthetic_dataset(tmp_path / "one", num_images=6, image_size=64, seed=1) == a   # cached
     assert a[0].stat().st_mtime_ns == mtime
-    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["synthetic-v2-n6-s64-seed1",
-                                                                      "synthetic-v2-n6-s64-seed2"]  # no temp left
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["synthetic-v2r1-n6-s64-seed1",
+                                                                      "synthetic-v2r1-n6-s64-seed2"]  # no temp left
 
     coco = COCO(str(a[0]))
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(CLASSES)
@@ -167,7 +167,7 @@ def test_synthetic_is_deterministic_cached_and_plain_coco(tmp_path):
 
 
 def test_synthetic_regenerates_an_incomplete_folder(tmp_path):
-    folder = tmp_path / "synthetic-v2-n2-s64-seed0"
+    folder = tmp_path / "synthetic-v2r1-n2-s64-seed0"
     (folder / "images").mkdir(parents=True)
     annotations, images = synthetic_dataset(tmp_path, num_images=2, image_size=64)
     assert annotations.is_file() and len(list(images.iterdir())) == 2
@@ -212,7 +212,7 @@ def test_synthetic_spots_never_hide_their_object():
     side = 120
     labels = np.zeros((256, 256), dtype=np.int32)
     placed, full = [(0, 0, 0, np.ones((side, side), dtype=bool))], [side * side]
-    visible = [int(VISIBLE_MIN * full[0]) + 60]   # room for no spot but the smallest (a 10 px disc is ~80 px)
+    visible = [int(VISIBLE_MIN * full[0]) + 60]   # room for no spot (the smallest, a 10 px disc, is ~80 px)
     for seed in range(20):
         _add_spots(np.random.default_rng(seed), np.zeros((256, 256, 3), np.float32), labels, placed, full,
                    visible, 0, 1.0)

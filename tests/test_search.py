@@ -209,7 +209,7 @@ def test_report_calls_a_gap_within_seed_noise_no_win(tmp_path):
                        "status": "ok", "reward": ap, "ap": ap, "params": 1, "macs": 1e6, "baseline": name})
     board = build_report(tmp_path).read_text()
     assert "beats the FPN baseline (AP 0.301) under this recipe, one seed each: a gap of +0.001 AP" in board
-    assert "before calling it a win" in board
+    assert "before drawing a conclusion" in board
 
 
 def test_cost_aware_reward():

@@ -180,7 +180,9 @@ def test_the_warm_up_is_cached_by_what_changes_it(splits, tmp_path):
 
 
 def test_remembered_anchor_matches_give_torchvisions_loss(task):
-    """The detector remembers each image's anchor matching; the loss stays torchvision's own."""
+    """The detector matches each image's boxes to the anchors once; the loss stays torchvision's."""
+    from torchvision.models.detection.image_list import ImageList
+
     from nasfpn.detector import ProxyDetector
 
     torch.manual_seed(0)
@@ -188,17 +190,16 @@ def test_remembered_anchor_matches_give_torchvisions_loss(task):
     _, features, targets = task.batch("train", [0, 1, 2], [False, True, False])
     targets = targets + [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
     features = {k: torch.cat([v, v[:1]]) for k, v in features.items()}
+    matcher, calls = model.retinanet.proposal_matcher, []
+    model.retinanet.proposal_matcher = lambda quality: calls.append(1) or matcher(quality)
     first = model(None, targets, features)
-    assert len(model._matches) == 3  # one per image with boxes
+    assert len(calls) == 3  # one per image with boxes
     again = model(None, targets, features)
-    assert len(model._matches) == 3
+    assert len(calls) == 3  # none the second time
     pyramid = list(model.neck(features).values())
-    head_outputs = model.retinanet.head(pyramid)
-    from torchvision.models.detection.image_list import ImageList
-
-    canvas = ImageList(torch.empty(4, 0, 128, 128), [(128, 128)] * 4)
-    anchors = model.retinanet.anchor_generator(canvas, pyramid)
-    reference = model.retinanet.compute_loss(targets, head_outputs, anchors)
+    anchors = model.retinanet.anchor_generator(ImageList(torch.empty(4, 0, 128, 128), [(128, 128)] * 4), pyramid)
+    reference = model.retinanet.compute_loss(targets, model.retinanet.head(pyramid), anchors)
+    assert len(calls) == 6  # torchvision's own compute_loss matched afresh
     for losses in (first, again):
         for name, value in reference.items():
             torch.testing.assert_close(losses[name], value)

@@ -24,10 +24,14 @@ half visible) and may run off the image edge. Each object's box is the extent of
 pixels, taken from a per-object label map; an object less than ``VISIBLE_MIN`` visible is left
 out of the annotations, and no spot is drawn where it would leave its object less visible.
 
-The files are made once per ``(version, num_images, image_size, seed)`` into a folder of the
-cache (``$NASFPN_CACHE`` or ``~/.cache/nasfpn``), written in a temporary folder and renamed into
-place, so an interrupted run leaves nothing half-written. Image ``i`` is drawn from its own
-generator seeded by ``(VERSION, seed, i)``: the same arguments give the same bytes.
+The files are made once per ``(version, revision, num_images, image_size, seed)`` into a folder
+of the cache (``$NASFPN_CACHE`` or ``~/.cache/nasfpn``), written in a temporary folder and renamed
+into place, so an interrupted run leaves nothing half-written. Image ``i`` is drawn from its own
+generator seeded by ``(VERSION, seed, i)``: the same arguments give the same bytes. ``REVISION``
+counts fixes that leave the default set's bytes as they were but may change other sets (revision
+1: spots never hide their object; the default 800 images came out byte-identical): it names the
+folder, so an older cached set is not reused, but does not seed the drawing, so the default set's
+warm-up and feature caches stay valid.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from PIL import Image, ImageDraw, ImageFilter
 log = logging.getLogger(__name__)
 
 VERSION = 2
+REVISION = 1
 CLASSES = ("circle", "square", "triangle", "cross", "ring", "star")
 SIZE_MIX = ((0.4, 10, 30), (0.4, 38, 90), (0.2, 104, 176))   # (share, min side, max side) at 256 px
 VISIBLE_MIN = 0.4         # an object less visible than this is not annotated
@@ -68,7 +73,7 @@ def synthetic_dataset(root: str | Path | None = None, *, num_images: int = 800, 
 
     Args:
         root: the cache folder (default :func:`default_cache_dir`); the set lies in a subfolder
-            named ``synthetic-v{VERSION}-n{num_images}-s{image_size}-seed{seed}``.
+            named ``synthetic-v{VERSION}r{REVISION}-n{num_images}-s{image_size}-seed{seed}``.
         num_images: how many images.
         image_size: their side in pixels (square images; object sizes scale with it).
         seed: the seed; the same arguments always give the same files.
@@ -83,7 +88,7 @@ def synthetic_dataset(root: str | Path | None = None, *, num_images: int = 800, 
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     root = Path(root) if root is not None else default_cache_dir()
-    folder = root / f"synthetic-v{VERSION}-n{num_images}-s{image_size}-seed{seed}"
+    folder = root / f"synthetic-v{VERSION}r{REVISION}-n{num_images}-s{image_size}-seed{seed}"
     annotations, images = folder / "annotations.json", folder / "images"
     if annotations.is_file():
         return annotations, images
@@ -121,7 +126,7 @@ def write_synthetic(folder: Path, *, num_images: int, image_size: int, seed: int
         for label, (x, y, w, h) in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
                                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
-    coco = {"info": {"description": "nasfpn built-in synthetic shapes", "version": f"v{VERSION}",
+    coco = {"info": {"description": "nasfpn built-in synthetic shapes", "version": f"v{VERSION}", "revision": REVISION,
                      "num_images": num_images, "image_size": image_size, "seed": seed},
             "licenses": [{"id": 1, "name": "CC0-1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
             "images": images, "annotations": annotations,

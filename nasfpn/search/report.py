@@ -83,7 +83,7 @@ def _leaderboard(entries: List[Dict[str, Any]], best: Dict[str, Any] | None, met
         verdict = "beats" if gap > 0 else "does not beat"
         caution = (f": a gap of {gap:+.3f} AP, within what seeds alone move one neck (up to {SEED_NOISE_AP} AP "
                    "between two seeds on the built-in data); re-train both with other seeds (`nasfpn train "
-                   "--seed N`) before calling it a win" if abs(gap) < SEED_NOISE_AP else "")
+                   "--seed N`) before drawing a conclusion" if abs(gap) < SEED_NOISE_AP else "")
         lines += ["", f"Best searched cell `{top['hash'][:12]}` (AP {top['ap']:.3f}) {verdict} the FPN baseline "
                       f"(AP {fpn['ap']:.3f}) under this recipe, one seed each{caution}."]
     lines += ["", "| rank | neck | hash | AP | AP50 | AP_S | AP_M | AP_L | reward | params | GMACs | steps | status |",
