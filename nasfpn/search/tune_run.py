@@ -48,9 +48,11 @@ def connect_ray(address: str | None, num_cpus: int | None, verbose: bool) -> str
     except Exception as error:  # noqa: BLE001 - any failure here means the same to the user
         mode = os.environ.get("RAY_AUTH_MODE", "disabled")
         ray.shutdown()
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
         raise RuntimeError(f"ray.address {address!r}: connected, but the cluster cannot run this driver's actors "
-                           f"({type(error).__name__}); this driver's RAY_AUTH_MODE is {mode!r}: set the same mode "
-                           f"as the cluster's (RAY_AUTH_MODE=token or disabled) and try again") from None
+                           f"({type(error).__name__}: {detail}); the usual cause is an authentication mode that "
+                           f"differs from the cluster's: this driver's RAY_AUTH_MODE is {mode!r}; set the cluster's "
+                           f"(RAY_AUTH_MODE=token or disabled) and try again") from None
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     resources = ray.cluster_resources()
     return (f"Ray: cluster at {address}, {len(nodes)} node(s), {resources.get('CPU', 0):g} CPU, "
