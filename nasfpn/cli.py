@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     channel_args(p)
     p.add_argument("-o", "--output", required=True, type=Path, help="the .py file to write")
     p.add_argument("--class-name", default="ExportedNeck", help="name of the module class (default ExportedNeck)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="stack the cell this many times (default: the genotype's; a search's proxy trains one)")
     p.add_argument("--onnx", type=Path, default=None, help="also write an ONNX graph here (needs the onnx package)")
     p.add_argument("--weights", type=Path, default=None,
                    help="a state dict (torch.save of the neck's state_dict) to put in the ONNX graph")
@@ -205,6 +207,10 @@ def _export(args: argparse.Namespace) -> None:
     if args.output.suffix != ".py":
         raise UsageError(f"-o {args.output}: the exported module must be a .py file")
     genotype = load_genotype(args.genotype)
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise UsageError(f"--repeats {args.repeats}: must be a positive integer")
+        genotype = genotype.replace(repeats=args.repeats)
     channels = _channels(args.in_channels, genotype.backbone_levels)
     export_neck(genotype, channels, args.output, args.width, args.class_name)
     print(f"wrote {args.output}")

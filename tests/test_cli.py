@@ -19,6 +19,13 @@ def test_export_and_draw_from_the_shell(tmp_path):
     assert done.returncode == 0, done.stderr
     neck = load_exported(tmp_path / "my_neck.py")
     neck.load_state_dict(build_neck(load_genotype("fpn"), [8, 16, 32], 8).state_dict())
+    done = nasfpn_cli("export", "bifpn", "-o", tmp_path / "deep.py", "--in-channels", "8,16,32", "--width", "8",
+                      "--repeats", "5")
+    assert done.returncode == 0, done.stderr
+    deep = build_neck(load_genotype("bifpn").replace(repeats=5), [8, 16, 32], 8)
+    load_exported(tmp_path / "deep.py").load_state_dict(deep.state_dict())  # five cells, not BiFPN's three
+    done = nasfpn_cli("export", "fpn", "-o", tmp_path / "none.py", "--repeats", "0")
+    assert done.returncode == 2 and "--repeats 0" in done.stderr and not (tmp_path / "none.py").exists()
     done = nasfpn_cli("draw", "bifpn", "-o", tmp_path / "cell.svg")
     assert done.returncode == 0, done.stderr
     assert "<svg" in (tmp_path / "cell.svg").read_text()

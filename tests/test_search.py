@@ -212,6 +212,24 @@ def test_report_calls_a_gap_within_seed_noise_no_win(tmp_path):
     assert "before drawing a conclusion" in board
 
 
+def test_report_names_the_best_searched_cell_when_a_baseline_wins(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    (tmp_path / "experiment.json").write_text(json.dumps({"channels": {"3": 8, "4": 16, "5": 32}, "width": 8}))
+    for i, (name, ap) in enumerate([("fpn", 0.3), (None, 0.2)], 1):
+        ledger.append({"trial": i, "hash": f"{i}" * 12, "genotype": load_genotype(name or "panet").to_dict(),
+                       "status": "ok", "reward": ap, "ap": ap, "params": 1, "macs": 1e6, "baseline": name})
+    board = build_report(tmp_path).read_text()
+    assert "Best searched cell: `222222222222` (AP 0.200)" in board
+    assert load_genotype(tmp_path / "best_searched.yaml").hash() == load_genotype("panet").hash()
+    assert load_genotype(tmp_path / "best.yaml").hash() == load_genotype("fpn").hash()
+    assert (tmp_path / "best_searched_neck.py").is_file() and (tmp_path / "drawings" / "best_searched.png").is_file()
+    ledger.append({"trial": 3, "hash": "3" * 12, "genotype": load_genotype("bifpn").to_dict(), "status": "ok",
+                   "reward": 0.4, "ap": 0.4, "params": 1, "macs": 1e6, "baseline": None})
+    board = build_report(tmp_path).read_text()  # a searched cell is now the best: no stale best_searched files
+    assert "Best searched cell:" not in board and not list(tmp_path.glob("best_searched*"))
+    assert not (tmp_path / "drawings" / "best_searched.png").exists()
+
+
 def test_cost_aware_reward():
     assert reward_of(0.3, 2e9, None, -0.07) == 0.3
     assert reward_of(0.3, 2e9, 1e9, -0.07) == pytest.approx(0.3 * 2 ** -0.07)

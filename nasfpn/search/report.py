@@ -2,7 +2,8 @@
 
 Writes ``trials.csv``, ``leaderboard.md``, ``best.yaml``, ``best_neck.py``, ``plots/reward.png``
 (reward over trials, running best, baselines as lines), ``plots/ap_vs_macs.png`` (with the
-Pareto front) and ``drawings/`` of the best topology and the baselines.
+Pareto front) and ``drawings/`` of the best topology and the baselines. When a baseline is the
+best of the run, the best searched cell gets the same files as ``best_searched*``.
 """
 from __future__ import annotations
 
@@ -35,18 +36,32 @@ def build_report(folder: str | Path) -> Path:
     _write_csv(folder / "trials.csv", entries)
     finished = [e for e in entries if e["status"] == "ok"] or [e for e in entries if e["status"] != "failed"]
     best = max(finished, key=lambda e: e["reward"]) if finished else None
-    if best is not None:
-        genotype = Genotype.from_dict(best["genotype"])
-        save_genotype(genotype, folder / "best.yaml")
-        channels = {int(k): v for k, v in meta.get("channels", {}).items()}
-        if channels:
-            from ..export import export_neck
-            export_neck(genotype, channels, folder / "best_neck.py", meta.get("width"))
+    searched = [e for e in finished if not e.get("baseline")]
+    best_searched = max(searched, key=lambda e: e["reward"]) if searched else None
+    if best_searched is best:
+        best_searched = None
+    for stem, entry in (("best", best), ("best_searched", best_searched)):
+        _write_best(folder, stem, entry, meta)
     _plots(folder / "plots", entries)
-    _drawings(folder / "drawings", entries, best)
+    _drawings(folder / "drawings", entries, best, best_searched)
     path = folder / "leaderboard.md"
-    path.write_text(_leaderboard(entries, best, meta))
+    path.write_text(_leaderboard(entries, best, meta, best_searched))
     return path
+
+
+def _write_best(folder: Path, stem: str, entry: Dict[str, Any] | None, meta: Dict[str, Any]) -> None:
+    """``{stem}.yaml`` and ``{stem}_neck.py`` of ``entry``; stale ones go when there is none."""
+    yaml_path, module_path = folder / f"{stem}.yaml", folder / f"{stem}_neck.py"
+    if entry is None:
+        for path in (yaml_path, module_path, folder / "drawings" / f"{stem}.png"):
+            path.unlink(missing_ok=True)
+        return
+    genotype = Genotype.from_dict(entry["genotype"])
+    save_genotype(genotype, yaml_path)
+    channels = {int(k): v for k, v in meta.get("channels", {}).items()}
+    if channels:
+        from ..export import export_neck
+        export_neck(genotype, channels, module_path, meta.get("width"))
 
 
 def _write_csv(path: Path, entries: List[Dict[str, Any]]) -> None:
@@ -63,7 +78,8 @@ def _label(entry: Dict[str, Any]) -> str:
     return entry.get("baseline") or entry["genotype"].get("name") or f"cell-{entry['hash'][:8]}"
 
 
-def _leaderboard(entries: List[Dict[str, Any]], best: Dict[str, Any] | None, meta: Dict[str, Any]) -> str:
+def _leaderboard(entries: List[Dict[str, Any]], best: Dict[str, Any] | None, meta: Dict[str, Any],
+                 best_searched: Dict[str, Any] | None = None) -> str:
     # Full-recipe results first: a trial stopped early has its AP from fewer steps.
     ranked = sorted((e for e in entries if e["status"] != "failed"),
                     key=lambda e: (e["status"] == "stopped", -e["reward"]))
@@ -100,6 +116,9 @@ def _leaderboard(entries: List[Dict[str, Any]], best: Dict[str, Any] | None, met
     if best is not None:
         lines += ["", f"Best: `{best['hash'][:12]}` ({_label(best)}), `best.yaml`, `best_neck.py`, "
                       "`drawings/best.png`. Plots in `plots/`."]
+    if best_searched is not None:
+        lines += ["", f"Best searched cell: `{best_searched['hash'][:12]}` (AP {best_searched['ap']:.3f}), "
+                      "`best_searched.yaml`, `best_searched_neck.py`, `drawings/best_searched.png`."]
     return "\n".join(lines) + "\n"
 
 
@@ -161,13 +180,15 @@ def _gmacs(entry: Dict[str, Any]) -> float:
     return (entry.get("macs") or 0) / 1e9
 
 
-def _drawings(folder: Path, entries: List[Dict[str, Any]], best: Dict[str, Any] | None) -> None:
+def _drawings(folder: Path, entries: List[Dict[str, Any]], best: Dict[str, Any] | None,
+              best_searched: Dict[str, Any] | None) -> None:
     from ..draw import draw_genotype
 
     folder.mkdir(parents=True, exist_ok=True)
-    if best is not None:
-        draw_genotype(Genotype.from_dict(best["genotype"]), folder / "best.png",
-                      title=f"best: {_label(best)} (AP {best['ap']:.3f})")
+    for stem, entry in (("best", best), ("best searched", best_searched)):
+        if entry is not None:
+            draw_genotype(Genotype.from_dict(entry["genotype"]), folder / f"{stem.replace(' ', '_')}.png",
+                          title=f"{stem}: {_label(entry)} (AP {entry['ap']:.3f})")
     for e in entries:
         if e.get("baseline") and e["status"] != "failed":
             draw_genotype(Genotype.from_dict(e["genotype"]), folder / f"{e['baseline']}.png")
