@@ -45,12 +45,13 @@ class ProxyDetector(nn.Module):
         anchor_scale: anchor size in strides (RetinaNet: 4, i.e. 32 px at P3); 3 scales x 3
             aspect ratios per position as in RetinaNet.
         score_thresh, nms_thresh, detections_per_img: postprocessing, torchvision's meaning.
+        remember_matches: keep each image's anchor matching for the next time it is seen (CPU).
     """
 
     def __init__(self, genotype: Genotype, in_channels: Mapping[int, int], num_classes: int, image_size: int, *,
                  backbone: nn.Module | None = None, width: int | None = None, head_depth: int = 4,
                  anchor_scale: float = 4.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 detections_per_img: int = 100):
+                 detections_per_img: int = 100, remember_matches: bool = True):
         super().__init__()
         if not 0 <= head_depth <= 4:
             raise ValueError(f"head_depth must be 0..4 (torchvision's head has 4 layers), got {head_depth}")
@@ -67,6 +68,7 @@ class ProxyDetector(nn.Module):
                                    max_size=image_size, anchor_generator=anchors, head=head,
                                    score_thresh=score_thresh, nms_thresh=nms_thresh,
                                    detections_per_img=detections_per_img)
+        self.remember_matches = remember_matches
         self._matches: Dict[tuple, Tensor] = {}
         self._matches_bytes = 0
 
@@ -77,7 +79,7 @@ class ProxyDetector(nn.Module):
         training step (14 of 83 ms, FPN, batch 8, 256 px)."""
         if boxes.numel() == 0:
             return torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device)
-        remember = boxes.device.type == "cpu" and len(boxes) < 2 ** 15
+        remember = self.remember_matches and boxes.device.type == "cpu" and len(boxes) < 2 ** 15
         # The anchors are fixed by the image size; their count guards against another size.
         key = (anchors.shape[0], str(boxes.dtype), boxes.numpy().tobytes()) if remember else None
         if remember and key in self._matches:
