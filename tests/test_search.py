@@ -1,5 +1,6 @@
 """The search end to end with real Ray: resume after a driver SIGKILL, failing trials, a worker
 killed mid-trial; and the Ray-free parts (config, ledger, report, reward)."""
+import dataclasses
 import json
 import os
 import secrets
@@ -80,8 +81,8 @@ def test_search_survives_a_driver_sigkill(tmp_path, cache):
     after = ledger.read_text().splitlines()
     assert len(after) == 7                      # exactly the budget
     assert after[:len(before)] == before        # nothing lost, nothing rewritten
-    trained = [e["hash"] for e in entries(out) if not e["answered_from_ledger"]]
-    assert len(trained) == len(set(trained))    # nothing paid twice
+    trained = [e["trained_hash"] for e in entries(out) if not e["answered_from_ledger"]]
+    assert all(trained) and len(trained) == len(set(trained))  # nothing paid twice, as the proxy trains it
     baselines = {e["baseline"] for e in entries(out) if e["baseline"]}
     assert baselines == {"fpn", "panet", "bifpn", "nasfpn"}
     for name in ["config.yaml", "leaderboard.md", "trials.csv", "best.yaml", "best_neck.py", "plots/reward.png",
@@ -228,6 +229,27 @@ def test_report_names_the_best_searched_cell_when_a_baseline_wins(tmp_path):
     board = build_report(tmp_path).read_text()  # a searched cell is now the best: no stale best_searched files
     assert "Best searched cell:" not in board and not list(tmp_path.glob("best_searched*"))
     assert not (tmp_path / "drawings" / "best_searched.png").exists()
+
+
+def test_a_cell_the_proxy_trains_as_a_baseline_is_answered_from_the_ledger(tmp_path):
+    """The wide space's FPN cell (2 repeats) is the FPN baseline (1) once the proxy caps repeats
+    at 1: found in the ledger by the neck trained, never trained twice."""
+    from nasfpn.search.driver import trained_hash
+    from nasfpn.space import load_space
+    from nasfpn.train import ProxyConfig
+
+    proxy = ProxyConfig()
+    wide = load_space("wide")
+    baseline = load_genotype("fpn").replace(width=proxy.width)
+    searched = wide.decode(wide.encode(baseline))
+    assert searched.hash() != baseline.hash() and searched.repeats == 2
+    assert trained_hash(searched, proxy) == trained_hash(baseline, proxy)
+    assert trained_hash(searched, dataclasses.replace(proxy, max_repeats=None)) != trained_hash(baseline, proxy)
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    ledger.append({"trial": 1, "hash": baseline.hash(), "trained_hash": trained_hash(baseline, proxy),
+                   "genotype": baseline.to_dict(), "status": "ok", "reward": 0.3, "ap": 0.3, "baseline": "fpn"})
+    assert ledger.find(searched.hash()) is None
+    assert ledger.find(searched.hash(), trained_hash(searched, proxy))["reward"] == 0.3
 
 
 def test_cost_aware_reward():

@@ -161,8 +161,15 @@ def ledger_entry(trial_number: int, config: Dict[str, Any], result: Optional[Dic
             "reward": float(result.get("reward", 0.0)) if status != "failed" else 0.0,
             **{k: result.get(k) for k in keys if k in result}, "ap": float(result.get("ap", 0.0)),
             "baseline": baselines.get(config["hash"]), "controller": controller_name, "error": error,
+            "trained_hash": config.get("trained_hash"),
             "attempts": attempts, "answered_from_ledger": bool(result.get("answered_from_ledger")),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def trained_hash(genotype: Genotype, proxy) -> str:
+    """The hash of the neck the proxy really trains for ``genotype`` (at the proxy's width and
+    repeat cap): genotypes that differ only in what the proxy overrides cost one training."""
+    return proxy_genotype(genotype.replace(width=proxy.width), proxy).hash()
 
 
 def list_runs(out: Path) -> List[Path]:

@@ -47,10 +47,13 @@ class Ledger:
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         return iter(self.entries)
 
-    def find(self, genotype_hash: str) -> Optional[Dict[str, Any]]:
-        """The last finished (not failed) entry of a topology, if any."""
+    def find(self, genotype_hash: str, trained_hash: Optional[str] = None) -> Optional[Dict[str, Any]]:
+        """The last finished (not failed) entry of a topology, or of another genotype whose proxy
+        trained the same neck (``trained_hash``: e.g. a cell of the wide space, 2 repeats, and
+        the FPN baseline, 1, are one network once the proxy caps repeats at 1), if any."""
         for entry in reversed(self.entries):
-            if entry["hash"] == genotype_hash and entry["status"] != "failed":
+            same = entry["hash"] == genotype_hash or (trained_hash is not None and entry.get("trained_hash") == trained_hash)
+            if same and entry["status"] != "failed":
                 return entry
         return None
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 
 from ..genotype import Genotype
 from .config import SearchConfig
-from .driver import ledger_entry, list_runs, quiet_ray_loggers, save_state
+from .driver import ledger_entry, list_runs, quiet_ray_loggers, save_state, trained_hash
 from .ledger import Ledger
 from .trainable import proxy_trial
 
@@ -98,11 +98,13 @@ def run_tune(config: SearchConfig, out: Path, task_spec: Dict[str, Any], control
                     self.suggested += 1
                     self.forced_trials[trial_id] = genotype
                     return {"genotype": genotype.to_dict(), "hash": genotype.hash(),
+                            "trained_hash": trained_hash(genotype, config.proxy),
                             "baseline": baseline_names.get(genotype.hash())}
                 suggestion = super().suggest(trial_id)
                 if isinstance(suggestion, dict):
                     suggestion["baseline"] = baseline_names.get(suggestion["hash"])
-                    known = ledger.find(suggestion["hash"])
+                    suggestion["trained_hash"] = trained_hash(Genotype.from_dict(suggestion["genotype"]), config.proxy)
+                    known = ledger.find(suggestion["hash"], suggestion["trained_hash"])
                     if known is not None:
                         suggestion["known"] = {k: v for k, v in known.items() if k not in ("genotype", "trial")}
                 return suggestion
