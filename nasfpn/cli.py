@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--image-size", type=int, help="letterboxed input size, a multiple of 128 (default 256)")
     p.add_argument("--width", type=int, help="neck and head width (default 64)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="proxy seed: initialisation and data order (the backbone warm-up "
+                   "has its own, backbone.warmup_seed)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.set_defaults(run=_train)
@@ -95,11 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrent", type=int, help="trials at once (default 2)")
     p.add_argument("--steps", type=int, help="proxy training steps per trial (default 600)")
     p.add_argument("--no-asha", action="store_true", help="no early stopping")
+    p.add_argument("--top", type=int, help="searched cells to confirm over seeds (default 2)")
+    p.add_argument("--confirm-seeds", type=int, help="proxy seeds of the confirmation (default 3; 0: none)")
+    p.add_argument("--confirm-steps", type=int, help="steps of the confirmation recipe (default: twice --steps)")
     data_args(p)
     p.add_argument("--out", type=Path, help="experiment folder (default runs/<space>-<controller>-<time>)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the search in DIR (its config is reused)")
     p.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: a private local Ray)")
     p.set_defaults(run=_search)
+
+    p = sub.add_parser("confirm", help="run or extend the confirmation of a finished search over seeds")
+    p.add_argument("folder", type=Path, metavar="RUN_DIR")
+    p.add_argument("--top", type=int, help="searched cells to confirm (default: the search's confirm.top_k)")
+    p.add_argument("--seeds", type=int, help="proxy seeds per neck (default: the search's confirm.seeds)")
+    p.add_argument("--steps", type=int, help="steps of the confirmation recipe (default: the search's)")
+    p.set_defaults(run=_confirm)
 
     p = sub.add_parser("report", help="rebuild an experiment folder's report from its ledger")
     p.add_argument("folder", type=Path, metavar="DIR")
@@ -142,34 +153,13 @@ def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, help="cache folder (default $NASFPN_CACHE or ~/.cache/nasfpn)")
 
 
-def task_configs(args: argparse.Namespace, config: dict):
-    """data / backbone / proxy configs from a YAML dict, command-line flags overriding it."""
-    from .task import BackboneConfig, DataConfig
-    from .train import ProxyConfig, section
+def flag_values(args: argparse.Namespace) -> dict:
+    """The configuration flags given on the command line, as plain values (see
+    :func:`nasfpn.search.config.merge_flags`)."""
+    from .search.config import FLAG_KEYS, SWITCHES
 
-    data = dict(config.get("data") or {})
-    backbone = dict(config.get("backbone") or {})
-    proxy = dict(config.get("proxy") or {})
-    for flag, key in (("data", "annotations"), ("images", "images"), ("val_data", "val_annotations"),
-                      ("val_images", "val_images")):
-        if getattr(args, flag, None) is not None:
-            data[key] = str(getattr(args, flag))
-    if args.backbone:
-        backbone["name"] = args.backbone
-    if args.backbone_weights:
-        backbone["weights"] = str(args.backbone_weights)
-    if args.return_nodes:
-        backbone["return_nodes"] = args.return_nodes.split(",")
-    if args.no_freeze:
-        backbone["freeze"] = False
-    if args.warmup_steps is not None:
-        backbone["warmup_steps"] = args.warmup_steps
-    if args.no_cache:
-        backbone["cache"] = False
-    for key in ("steps", "batch_size", "image_size", "width", "seed", "threads"):
-        if getattr(args, key, None) is not None:
-            proxy[key] = getattr(args, key)
-    return section(DataConfig, data, "data"), section(BackboneConfig, backbone, "backbone"), ProxyConfig.from_dict(proxy)
+    names = (*FLAG_KEYS, *SWITCHES, "space", "controller")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _channels(text: str, levels: Sequence[int]) -> dict[int, int]:
@@ -240,16 +230,20 @@ def _draw(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     import json
 
+    import dataclasses
+
+    from .search.config import load_search_config, merge_flags, search_config
     from .task import prepare_task
     from .train import train_proxy
-
-    from .search.config import load_search_config
 
     config = load_search_config(args.config) if args.config else {}
     unknown = sorted(set(config) - {"data", "backbone", "proxy"})
     if unknown:
         raise UsageError(f"{args.config}: unknown section(s) {unknown}; valid: ['backbone', 'data', 'proxy']")
-    data, backbone, proxy = task_configs(args, config)
+    validated = search_config(merge_flags(config, **flag_values(args)))
+    data, backbone, proxy = validated.data, validated.backbone, validated.proxy
+    if "eval_every" not in (config.get("proxy") or {}):
+        proxy = dataclasses.replace(proxy, eval_every=0)  # the search evaluates along the way for ASHA; train need not
     genotype = load_genotype(args.genotype)
     task = prepare_task(data, backbone, proxy, cache_root=args.cache_dir)
     result = train_proxy(genotype, task, proxy, report=lambda r: log.info("step %(step)d loss %(loss).4f", r))
@@ -270,46 +264,31 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
+    import os
     import time
 
-    from .search.config import load_search_config, search_config
+    from .search.config import load_search_config, merge_flags, search_config
     from .search.driver import run_search
 
+    if args.cache_dir:
+        os.environ["NASFPN_CACHE"] = str(args.cache_dir.resolve())
     if args.resume is not None:
-        if not (args.resume / "config.yaml").is_file():
-            raise UsageError(f"--resume {args.resume}: not an experiment folder (no config.yaml)")
         print(f"wrote {run_search(None, args.resume, resume=True, verbose=args.verbose)}")
         return
     data = load_search_config(args.config) if args.config else {}
-    data_section, backbone, proxy = (dict(data.get(k) or {}) for k in ("data", "backbone", "proxy"))
-    flags = argparse.Namespace(**{**vars(args), "batch_size": None, "image_size": None, "width": None,
-                                  "seed": None, "threads": None})
-    data_cfg, backbone_cfg, _ = task_configs(flags, {"data": data_section, "backbone": backbone, "proxy": {}})
-    overrides = {"data": {k: v for k, v in vars(data_cfg).items() if v is not None},
-                 "backbone": {k: v for k, v in vars(backbone_cfg).items()}}
-    if args.steps is not None:
-        overrides["proxy"] = {**proxy, "steps": args.steps}
-    search = dict(data.get("search") or {})
-    for flag, key in (("trials", "trials"), ("concurrent", "concurrent")):
-        if getattr(args, flag) is not None:
-            search[key] = getattr(args, flag)
-    overrides["search"] = search
-    if args.space:
-        overrides["space"] = args.space
-    if args.controller:
-        overrides["controller"] = args.controller
-    if args.no_asha:
-        overrides["scheduler"] = {"name": "none"}
-    if args.address:
-        overrides["ray"] = {**(data.get("ray") or {}), "address": args.address}
-    config = search_config(data, **overrides)
-    if args.cache_dir:
-        import os
-        os.environ["NASFPN_CACHE"] = str(args.cache_dir.resolve())
+    config = search_config(merge_flags(data, **flag_values(args)))
     out = args.out or Path("runs") / f"{Path(config.space).stem}-{Path(str(config.controller)).stem}-" \
                                      f"{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"experiment folder: {out}")
     print(f"wrote {run_search(config, out, verbose=args.verbose)}")
+
+
+def _confirm(args: argparse.Namespace) -> None:
+    from .search.driver import run_search
+
+    overrides = {key: value for key, value in (("top_k", args.top), ("seeds", args.seeds), ("steps", args.steps))
+                 if value is not None}
+    print(f"wrote {run_search(None, args.folder, confirm_only=True, confirm=overrides, verbose=args.verbose)}")
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 import torch
 
 from . import ops
+from .fsio import atomic_write_text
 from .genotype import Genotype
 from .neck import Neck, build_neck
 
@@ -38,9 +39,7 @@ def export_neck(genotype: Genotype, in_channels: Mapping[int, int] | Sequence[in
     source = _Writer(neck, class_name).source()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(source)
-        tmp.replace(path)
+        atomic_write_text(path, source)
     return source
 
 

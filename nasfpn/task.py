@@ -10,8 +10,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 
 from .backbones import build_backbone, weights_fingerprint
 from .cache import FeatureCache, dataset_fingerprint, default_cache_root
+from .fsio import atomic_torch_save, atomic_write_text
 from .genotype import load_genotype
 from .train import ProxyConfig, ProxyTask, precision_name, proxy_device, train_proxy
 
@@ -56,6 +55,9 @@ class BackboneConfig:
     # (16 in float32), once, cached.
     warmup_steps: int = 1200
     warmup_lr: float = 1e-3
+    # The warm-up's own seed: proxy seeds (confirmation, ``nasfpn train --seed``) vary only the
+    # proxy, on the same features, and never start a new warm-up.
+    warmup_seed: int = 0
 
 
 def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig, *, use_cache: bool = True,
@@ -127,6 +129,7 @@ def task_from_spec(spec: Mapping[str, Any]) -> ProxyTask:
 def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, root: Path) -> Path:
     """Train the backbone inside an FPN proxy for ``warmup_steps``; cached by its inputs."""
     config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0,
+                                 seed=backbone.warmup_seed,
                                  max_loss=ProxyConfig.max_loss, head_depth=WARMUP_HEAD_DEPTH, report_every=1,
                                  threads=None)
     # Not in the key: what does not change the trained backbone (progress reports, threads; the
@@ -160,9 +163,6 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
         raise RuntimeError(f"backbone warm-up failed: {result['error']}")
     log.warning("warm-up done in %.0f s: FPN proxy AP %.3f on the validation split", result["seconds"], result["ap"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(net.body.state_dict(), tmp)
-    os.replace(tmp, path)
-    (path.with_suffix(".json")).write_text(json.dumps({**key, "result": result}, indent=1))
+    atomic_write_text(path.with_suffix(".json"), json.dumps({**key, "result": result}, indent=1))
+    atomic_torch_save(net.body.state_dict(), path)  # last: the cache check looks for this file
     return path

@@ -189,7 +189,8 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
         result["steps"] = step
         metrics: Dict[str, Any] = {}
         if config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            metrics = {**_evaluate(model, task, device), **neck_cost}
+            metrics = {**_evaluate(model, task, device), **neck_cost,
+                       "seconds": round(time.perf_counter() - start, 3)}  # what a trial stopped here cost
             model.train()
         if report is not None and (metrics or step % config.report_every == 0):
             report({"step": step, "loss": loss_value, **metrics})

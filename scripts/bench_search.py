@@ -35,11 +35,11 @@ def one_run(base: dict, concurrent: int, cache: bool, folder: Path) -> dict:
     run_search(config, out)
     wall = time.perf_counter() - start
     rows = list(Ledger(out / "ledger.jsonl"))
-    train = sum(r["train_seconds"] for r in rows)
+    train = sum(r.get("train_seconds", 0.0) for r in rows)
     return {"concurrent": concurrent, "cache": cache, "trials": len(rows), "wall_seconds": wall,
             "trials_per_hour": 3600 * len(rows) / wall,
-            "train_seconds_sum": train, "trial_seconds_median": statistics.median(r["seconds"] for r in rows),
-            "train_seconds_median": statistics.median(r["train_seconds"] for r in rows),
+            "train_seconds_sum": train, "trial_seconds_median": statistics.median(r.seconds for r in rows),
+            "train_seconds_median": statistics.median(r.get("train_seconds", 0.0) for r in rows),
             "overhead_share": 1 - train / (wall * concurrent), "folder": str(out)}
 
 
@@ -51,7 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     base = {"proxy": {"steps": args.steps, "eval_every": 0}, "scheduler": {"name": "none"},
-            "search": {"trials": args.trials, "baselines": []}, "resources": {"cpus_per_trial": 1}}
+            "search": {"trials": args.trials, "baselines": []}, "confirm": {"seeds": 0},
+            "resources": {"cpus_per_trial": 1}}
     config = search_config(base)
     prepare_task(config.data, config.backbone, config.proxy)  # warm-up and caches, once, not timed
     folder = Path(tempfile.mkdtemp(prefix="nasfpn-bench-search-"))

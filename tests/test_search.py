@@ -19,8 +19,10 @@ from nasfpn import load_genotype
 from nasfpn.cli import main
 from nasfpn.search.config import search_config
 from nasfpn.search.ledger import Ledger
+from nasfpn.search.records import SEARCH, Candidate, TrialRecord
 from nasfpn.search.report import build_report
 from nasfpn.search.trainable import reward_of
+from nasfpn.train import ProxyConfig
 
 TINY = {
     "data": {"synthetic_images": 24},
@@ -66,6 +68,7 @@ def wait_for(predicate, timeout: float = 300, every: float = 0.5):
     return False
 
 
+@pytest.mark.ray
 def test_search_survives_a_driver_sigkill(tmp_path, cache):
     out = tmp_path / "exp"
     process = start_search(TINY, out, cache)
@@ -95,6 +98,7 @@ def test_search_survives_a_driver_sigkill(tmp_path, cache):
     assert main(["report", str(out)]) == 0 and (out / "leaderboard.md").is_file()
 
 
+@pytest.mark.ray
 def test_failing_trials_are_recorded_retried_and_do_not_stop_the_search(tmp_path, cache):
     config = {**TINY, "proxy": {**TINY["proxy"], "max_loss": 1e-9},
               "search": {"trials": 3, "concurrent": 2, "baselines": [], "retries": 1}}
@@ -107,6 +111,7 @@ def test_failing_trials_are_recorded_retried_and_do_not_stop_the_search(tmp_path
     assert "failed" in output and "Failed trials" in (out / "leaderboard.md").read_text()
 
 
+@pytest.mark.ray
 def test_a_worker_killed_mid_trial_is_retried(tmp_path, cache):
     config = {**TINY, "proxy": {**TINY["proxy"], "steps": 400, "eval_every": 200},
               "search": {"trials": 1, "concurrent": 1, "baselines": ["fpn"], "retries": 2}}
@@ -126,6 +131,7 @@ def test_a_worker_killed_mid_trial_is_retried(tmp_path, cache):
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["attempts"] >= 2
 
 
+@pytest.mark.ray
 def test_a_search_joins_a_running_cluster(tmp_path, cache):
     """``--address HOST:PORT`` against a head started by ``ray start`` with token authentication,
     as scripts/cluster/start_head.sh does: the driver must send the token by itself."""
@@ -175,81 +181,92 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     assert "search: unknown key(s) ['trails']" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
     assert main(["search", "--resume", str(tmp_path)]) == 2
-    assert search_config({}).search.trials >= 5  # the quickstart default
+    defaults = search_config({})  # the quickstart
+    assert (defaults.search.trials, defaults.search.seeds, defaults.confirm.top_k) == (16, 1, 2)
+    assert not hasattr(defaults.search, "dedupe")
+    with pytest.raises(ValueError, match=r"search: unknown key\(s\) \['dedupe'\]"):
+        search_config({"search": {"dedupe": True}})
+    with pytest.raises(ValueError, match=r"confirm.seeds: must be 0 or more"):
+        search_config({"confirm": {"seeds": -1}})
 
 
-def test_ledger_ignores_a_torn_last_line(tmp_path):
-    path = tmp_path / "ledger.jsonl"
-    ledger = Ledger(path)
-    ledger.append({"hash": "a", "status": "ok", "reward": 1.0})
-    with open(path, "a") as f:
-        f.write('{"hash": "b", "sta')
-    again = Ledger(path)
-    assert len(again) == 1 and again.find("a")["reward"] == 1.0 and again.find("b") is None
+def record(trial, name, ap, *, genotype=None, status="ok", seed=0, recipe=SEARCH, stage=None, error=None,
+           proxy=ProxyConfig()):
+    """A ledger record as the driver writes it (through the record type, so a format change shows)."""
+    genotype = genotype or load_genotype(name)
+    candidate = Candidate.of(genotype, proxy, seed=seed, recipe=recipe, baseline=name if stage != "search" else None,
+                             stage=stage or ("baseline" if name else "search"))
+    return TrialRecord.finished(trial, candidate, status, {"ap": ap, "reward": ap, "params": 100 * trial,
+                                                           "macs": 1e6 * trial, "seconds": 10.0}, error=error)
 
 
 def test_report_from_a_ledger_alone(tmp_path):
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    for i, (name, ap) in enumerate([("fpn", 0.2), (None, 0.25), (None, 0.1)], 1):
-        genotype = load_genotype(name or "panet").replace(name="")
-        ledger.append({"trial": i, "hash": f"{i}" * 12, "genotype": genotype.to_dict(), "status": "ok", "reward": ap,
-                       "ap": ap, "params": 100 * i, "macs": 1e6 * i, "baseline": name, "controller": "ppo"})
-    ledger.append({"trial": 4, "hash": "4" * 12, "genotype": load_genotype("bifpn").to_dict(), "status": "failed",
-                   "reward": 0.0, "ap": 0.0, "error": "loss nan at step 3", "baseline": None})
+    ledger.append(record(1, "fpn", 0.2))
+    ledger.append(record(2, None, 0.25, genotype=load_genotype("panet").replace(name="")))
+    ledger.append(record(3, "nasfpn", 0.3))
+    ledger.append(record(4, None, 0.0, genotype=load_genotype("bifpn"), status="failed", error="loss nan at step 3"))
     board = build_report(tmp_path).read_text()
-    assert "Best searched cell `222222222222` (AP 0.250) beats the FPN baseline (AP 0.200) under this recipe, " \
-           "one seed each." in board
+    # the best searched cell is compared with the best baseline (nasfpn), not with FPN alone
+    assert "(AP 0.250) against the best baseline, `nasfpn` (AP 0.300): -0.050 AP on one seed each; not a verdict " \
+           "until confirmed over seeds" in board
     assert "loss nan at step 3" in board
     assert (tmp_path / "best.yaml").is_file() and (tmp_path / "plots" / "reward.png").is_file()
+    rows = (tmp_path / "trials.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("trial,name,hash,trained_hash,stage,recipe,seed,status")
 
 
-def test_report_calls_a_gap_within_seed_noise_no_win(tmp_path):
+def test_report_calls_a_gap_within_seed_noise_a_tie(tmp_path):
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    for i, (name, ap) in enumerate([("fpn", 0.301), (None, 0.302)], 1):
-        ledger.append({"trial": i, "hash": f"{i}" * 12, "genotype": load_genotype(name or "panet").to_dict(),
-                       "status": "ok", "reward": ap, "ap": ap, "params": 1, "macs": 1e6, "baseline": name})
+    ledger.append(record(1, "fpn", 0.301))
+    ledger.append(record(2, None, 0.302, genotype=load_genotype("panet").replace(name="")))
     board = build_report(tmp_path).read_text()
-    assert "beats the FPN baseline (AP 0.301) under this recipe, one seed each: a gap of +0.001 AP" in board
-    assert "before drawing a conclusion" in board
+    assert "(AP 0.301): +0.001 AP on one seed each, within what seeds alone move one neck" in board
+    assert "a tie until confirmed over seeds" in board
 
 
 def test_report_names_the_best_searched_cell_when_a_baseline_wins(tmp_path):
     ledger = Ledger(tmp_path / "ledger.jsonl")
     (tmp_path / "experiment.json").write_text(json.dumps({"channels": {"3": 8, "4": 16, "5": 32}, "width": 8}))
-    for i, (name, ap) in enumerate([("fpn", 0.3), (None, 0.2)], 1):
-        ledger.append({"trial": i, "hash": f"{i}" * 12, "genotype": load_genotype(name or "panet").to_dict(),
-                       "status": "ok", "reward": ap, "ap": ap, "params": 1, "macs": 1e6, "baseline": name})
+    ledger.append(record(1, "fpn", 0.3))
+    ledger.append(record(2, None, 0.2, genotype=load_genotype("panet")))
     board = build_report(tmp_path).read_text()
-    assert "Best searched cell: `222222222222` (AP 0.200)" in board
+    assert f"Best searched cell: `{load_genotype('panet').hash()[:12]}`" in board
     assert load_genotype(tmp_path / "best_searched.yaml").hash() == load_genotype("panet").hash()
     assert load_genotype(tmp_path / "best.yaml").hash() == load_genotype("fpn").hash()
     assert (tmp_path / "best_searched_neck.py").is_file() and (tmp_path / "drawings" / "best_searched.png").is_file()
-    ledger.append({"trial": 3, "hash": "3" * 12, "genotype": load_genotype("bifpn").to_dict(), "status": "ok",
-                   "reward": 0.4, "ap": 0.4, "params": 1, "macs": 1e6, "baseline": None})
+    ledger.append(record(3, None, 0.4, genotype=load_genotype("bifpn")))
     board = build_report(tmp_path).read_text()  # a searched cell is now the best: no stale best_searched files
     assert "Best searched cell:" not in board and not list(tmp_path.glob("best_searched*"))
     assert not (tmp_path / "drawings" / "best_searched.png").exists()
 
 
-def test_a_cell_the_proxy_trains_as_a_baseline_is_answered_from_the_ledger(tmp_path):
-    """The wide space's FPN cell (2 repeats) is the FPN baseline (1) once the proxy caps repeats
-    at 1: found in the ledger by the neck trained, never trained twice."""
-    from nasfpn.search.driver import trained_hash
-    from nasfpn.space import load_space
-    from nasfpn.train import ProxyConfig
-
-    proxy = ProxyConfig()
-    wide = load_space("wide")
-    baseline = load_genotype("fpn").replace(width=proxy.width)
-    searched = wide.decode(wide.encode(baseline))
-    assert searched.hash() != baseline.hash() and searched.repeats == 2
-    assert trained_hash(searched, proxy) == trained_hash(baseline, proxy)
-    assert trained_hash(searched, dataclasses.replace(proxy, max_repeats=None)) != trained_hash(baseline, proxy)
+def test_report_ranks_by_the_confirmation_and_gives_the_verdict_with_its_interval(tmp_path):
+    """best.yaml is the confirmed winner even when the one-seed proxy ranked another neck first."""
+    recipe = "confirm(steps=1200)"
+    (tmp_path / "experiment.json").write_text(json.dumps({
+        "channels": {"3": 8, "4": 16, "5": 32}, "width": 8, "concurrent": 2, "wall_seconds": 100.0,
+        "confirm": {"recipe": recipe, "text": "1200 steps"}}))
+    cell = load_genotype("bifpn").replace(name="")
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    ledger.append({"trial": 1, "hash": baseline.hash(), "trained_hash": trained_hash(baseline, proxy),
-                   "genotype": baseline.to_dict(), "status": "ok", "reward": 0.3, "ap": 0.3, "baseline": "fpn"})
-    assert ledger.find(searched.hash()) is None
-    assert ledger.find(searched.hash(), trained_hash(searched, proxy))["reward"] == 0.3
+    ledger.append(record(1, "fpn", 0.30))
+    ledger.append(record(2, "panet", 0.28))
+    ledger.append(record(3, None, 0.35, genotype=cell, stage="search"))   # the proxy's favourite
+    confirmed = {"fpn": [0.40, 0.42, 0.41], "panet": [0.38, 0.40, 0.39], None: [0.43, 0.46, 0.445]}
+    for name, aps in confirmed.items():
+        for seed, ap in enumerate(aps):
+            ledger.append(record(len(ledger) + 1, name, ap, genotype=cell if name is None else None, seed=seed,
+                                 recipe=recipe, stage="confirm"))
+    board = build_report(tmp_path).read_text()
+    verdict = board.split("## Verdict")[1].split("##")[0]
+    assert "beats `fpn`: +0.035 AP (95% interval" in verdict and "3 paired seeds" in verdict
+    assert "0.445 ± 0.015" in verdict and "`fpn` 0.410 ± 0.010" in verdict
+    assert "Kendall's tau +1.00 over 3 necks" in verdict
+    table = board.split("## Confirmed ranking")[1].split("##")[0]
+    assert table.index("cell-") < table.index("**fpn**") < table.index("**panet**")
+    assert "0.430, 0.460, 0.445" in table
+    assert load_genotype(tmp_path / "best.yaml").hash() == cell.hash()
+    assert "## Cost" in board and "12 trials" in board
 
 
 def test_cost_aware_reward():

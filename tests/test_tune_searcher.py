@@ -80,6 +80,7 @@ def test_save_restore_continues_exactly(paper, tmp_path):
         NASSearcher(Evolution(paper), metric="reward").restore(str(path))
 
 
+@pytest.mark.ray
 def test_tuner_run_with_real_ray(paper, tmp_path):
     """One small Tune run: 8 trials, 2 at a time, PPO updating every 4 results."""
     s = searcher(paper, max_trials=8)

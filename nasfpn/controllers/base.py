@@ -164,6 +164,19 @@ class Controller:
             if decisions is not None:
                 self._observe(decisions, reward)
 
+    def forget(self, trial_id: str, *, ask_again: bool = True) -> None:
+        """Drop a pending trial without a reward: it was lost, not failed (in flight when a
+        driver died), so nothing is learnt and ``failure_reward`` does not apply. With
+        ``ask_again`` its genotype is proposed again before anything new."""
+        if trial_id not in self._pending:
+            raise ValueError(f"trial id {trial_id!r} is not pending")
+        key, decisions = self._pending.pop(trial_id)
+        self._pending_hashes[key] -= 1
+        if self._pending_hashes[key] <= 0:
+            del self._pending_hashes[key]
+        if ask_again and decisions is not None:
+            self._warm.insert(0, self._genotype(decisions))
+
     def record(self, genotype: Genotype, reward: float | None) -> None:
         """Tell the controller about an evaluation it did not ask for (e.g. a ledger entry on
         resume). It joins the memo; the algorithm learns from it if it is in the space. Record

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import uuid
 from typing import Any, Mapping
 
 import torch
 from ray import tune
 from ray.tune.search import Searcher
 
+from ..fsio import atomic_torch_save
 from ..genotype import Genotype
 from ..space import load_space
 from .base import Controller
@@ -100,15 +99,8 @@ class NASSearcher(Searcher):
         self.max_trials, self.suggested, self.completed = state["max_trials"], state["suggested"], state["completed"]
 
     def save(self, checkpoint_path: str) -> None:
-        """Write the state to ``checkpoint_path`` atomically (a temporary file, then a rename)."""
-        directory = os.path.dirname(os.path.abspath(checkpoint_path))
-        temporary = os.path.join(directory, f".{os.path.basename(checkpoint_path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            torch.save(self.state_dict(), temporary)
-            os.replace(temporary, checkpoint_path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        """Write the state to ``checkpoint_path`` atomically and durably (:mod:`nasfpn.fsio`)."""
+        atomic_torch_save(self.state_dict(), checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
         self.load_state_dict(torch.load(checkpoint_path, weights_only=True))

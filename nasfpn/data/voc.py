@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Sequence
 
 from PIL import Image
 
+from ..fsio import atomic_write_text
 from .coco import DatasetError
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,8 @@ def voc_to_coco(voc_root: str | Path, out_json: str | Path, classes: Sequence[st
             "images": images, "annotations": annotations,
             "categories": [{"id": k, "name": name, "supercategory": "object"} for name, k in category_of.items()]}
     out = Path(out_json)
-    write_json_atomic(coco, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(coco))
     image_sets = {}
     sets_dir = root / "ImageSets" / "Main"
     if sets_dir.is_dir():
@@ -131,20 +131,6 @@ def voc_to_coco(voc_root: str | Path, out_json: str | Path, classes: Sequence[st
     return {"images": len(images), "boxes": len(annotations), "classes": {n: counts[n] for n in names},
             "warnings": warnings, "out": str(out), "images_dir": str(img_dir),
             "layout": f"{ann_dir.name}/ + {img_dir.name}/", "image_sets": image_sets}
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.chmod(tmp, 0o644)   # mkstemp's 0600 would otherwise stay on the result
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_xml(xml: Path, img_dir: Path) -> dict:

@@ -16,19 +16,22 @@ import yaml
 
 from ..genotype import yaml_problem
 from ..task import BackboneConfig, DataConfig
-from ..train import section
-from ..train import ProxyConfig
+from ..train import ProxyConfig, section
+from .confirm import ConfirmConfig
 
-SECTIONS = ("data", "backbone", "proxy", "space", "controller", "search", "scheduler", "resources", "ray", "reward")
+SECTIONS = ("data", "backbone", "proxy", "space", "controller", "search", "confirm", "scheduler", "resources", "ray",
+            "reward")
+MAPPING_SECTIONS = ("data", "backbone", "proxy", "search", "confirm", "scheduler", "resources", "ray", "reward")
 
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    """How many trials (baselines included), how many at once, what to do with repeats."""
+    """How many trials before confirmation (baselines included), how many at once, how many
+    proxy seeds each searched candidate gets (the mean is its reward), the controller's seed."""
     trials: int = 16  # the quickstart: 4 baselines + 12 searched cells, about 8.5 minutes of search on 2 CPU cores
     baselines: Tuple[str, ...] = ("fpn", "panet", "bifpn", "nasfpn")
     concurrent: int = 2
-    dedupe: bool = True
+    seeds: int = 1
     retries: int = 1
     seed: int = 0
 
@@ -37,6 +40,8 @@ class BudgetConfig:
             raise ValueError(f"search.trials: must be a positive integer, got {self.trials!r}")
         if not isinstance(self.concurrent, int) or self.concurrent < 1:
             raise ValueError(f"search.concurrent: must be a positive integer, got {self.concurrent!r}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"search.seeds: must be a positive integer, got {self.seeds!r}")
         if not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"search.retries: must be 0 or more, got {self.retries!r}")
 
@@ -89,6 +94,7 @@ class SearchConfig:
     space: str = "wide"
     controller: Any = "ppo"  # a name, a YAML path, or a mapping {name: ppo, <hyperparameters>}
     search: BudgetConfig = field(default_factory=BudgetConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -113,7 +119,7 @@ def search_config(mapping: Mapping[str, Any] | None = None, /, **overrides: Any)
             data[key] = {**data[key], **value}
         else:
             data[key] = value
-    for key in ("data", "backbone", "proxy", "search", "scheduler", "resources", "ray", "reward"):
+    for key in MAPPING_SECTIONS:
         if data.get(key) is not None and not isinstance(data[key], Mapping):
             raise ValueError(f"{key}: must be a mapping, got {data[key]!r}")
     proxy = {"eval_every": 200, **(data.get("proxy") or {})}
@@ -129,6 +135,7 @@ def search_config(mapping: Mapping[str, Any] | None = None, /, **overrides: Any)
         space=data.get("space", "wide"),
         controller=data.get("controller", "ppo"),
         search=section(BudgetConfig, search, "search"),
+        confirm=section(ConfirmConfig, data.get("confirm"), "confirm"),
         scheduler=section(SchedulerConfig, data.get("scheduler"), "scheduler"),
         resources=section(ResourcesConfig, data.get("resources"), "resources"),
         ray=section(RayConfig, data.get("ray"), "ray"),
@@ -156,3 +163,48 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+# Command-line flags -> (section, key). Flags are plain values; ``None`` means "not given".
+FLAG_KEYS = {
+    "data": ("data", "annotations"), "images": ("data", "images"), "val_data": ("data", "val_annotations"),
+    "val_images": ("data", "val_images"),
+    "backbone": ("backbone", "name"), "backbone_weights": ("backbone", "weights"),
+    "return_nodes": ("backbone", "return_nodes"), "warmup_steps": ("backbone", "warmup_steps"),
+    "steps": ("proxy", "steps"), "batch_size": ("proxy", "batch_size"), "image_size": ("proxy", "image_size"),
+    "width": ("proxy", "width"), "seed": ("proxy", "seed"), "threads": ("proxy", "threads"),
+    "trials": ("search", "trials"), "concurrent": ("search", "concurrent"),
+    "address": ("ray", "address"),
+    "top": ("confirm", "top_k"), "confirm_seeds": ("confirm", "seeds"), "confirm_steps": ("confirm", "steps"),
+}
+SWITCHES = {  # flags that set a fixed value when on
+    "no_freeze": ("backbone", "freeze", False), "no_cache": ("backbone", "cache", False),
+    "no_asha": ("scheduler", "name", "none"),
+}
+
+
+def merge_flags(data: Mapping[str, Any] | None, **flags: Any) -> dict:
+    """A configuration mapping with command-line values laid over it, section by section
+    (``space`` and ``controller`` are whole values). Validate the result with
+    :func:`search_config`."""
+    merged = {key: (dict(value) if isinstance(value, Mapping) else value) for key, value in (data or {}).items()}
+    for flag, value in flags.items():
+        if value is None or value is False:
+            continue
+        if flag in ("space", "controller"):
+            merged[flag] = str(value)
+            continue
+        if flag in SWITCHES:
+            where, key, value = SWITCHES[flag]
+        elif flag in FLAG_KEYS:
+            where, key = FLAG_KEYS[flag]
+            value = str(value) if isinstance(value, Path) else value
+            if flag == "return_nodes" and isinstance(value, str):
+                value = value.split(",")
+        else:
+            raise TypeError(f"merge_flags: unknown flag {flag!r}")
+        section_data = merged.get(where)
+        if section_data is not None and not isinstance(section_data, Mapping):
+            raise ValueError(f"{where}: must be a mapping, got {section_data!r}")
+        merged[where] = {**(section_data or {}), key: value}
+    return merged

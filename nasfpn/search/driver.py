@@ -1,133 +1,234 @@
-"""``nasfpn search``: the controller proposes, Ray Tune trains proxies, the ledger remembers.
+"""``nasfpn search`` and ``nasfpn confirm``: the stages propose, Ray Tune trains proxies, the
+ledger remembers.
 
-The driver prepares the task once (backbone warm-up, feature caches), builds the controller and
-its Tune ``Searcher``, and runs Tune with a concurrency limit, ASHA on the intermediate AP and a
-retry budget for crashed trials. Every finished trial is appended to the ledger and the
-controller's state saved beside it at once; ``--resume`` reads both back, so a driver killed at
-any moment loses no finished trial, trains none twice, and ends with exactly the budget.
+The driver validates everything and checks a cluster address before it writes anything, takes
+the experiment folder's lock, prepares the task once (backbone warm-up, feature caches), and
+runs two phases over one ledger: the search (baselines first, then the controller's proposals,
+ASHA on the intermediate AP) up to its trial budget, then the confirmation (the finalists and
+the baselines over several seeds under the confirmation recipe). Every finished trial is
+appended to the ledger and the controller's state saved beside it at once; ``--resume`` reads
+both back, so a driver killed at any moment loses no finished trial, trains none twice, and
+ends with exactly the budget.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
-import yaml
 
-from ..genotype import Genotype, load_genotype
+from ..fsio import atomic_torch_save, atomic_write_text, read_json, read_yaml
+from ..genotype import load_genotype
 from ..space import load_space
 from ..task import prepare_task
-from ..train import precision_name, proxy_device, proxy_genotype
+from ..train import ProxyConfig, precision_name, proxy_device, proxy_genotype
 from .config import SearchConfig, search_config
+from .confirm import confirm_proxy, plan, recipe_name
+from .connect import check_address
 from .ledger import Ledger
+from .lock import FolderLock
+from .records import SEARCH, Candidate, TrialRecord
+from .stages import Baselines, Confirmation, ControllerStage, Pipeline, Seeds
 
 log = logging.getLogger(__name__)
+# Below this many validation images one neck's AP moves by more between seeds than necks differ
+# (seen: 20 images, FPN 0.095 with seed 0 and 0.161 with seed 1).
+MIN_VAL_IMAGES = 50
 
 
-def ray_environment(verbose: bool, address: str | None) -> None:
-    """Set before ``import ray``: Ray's own output off by default, no usage statistics, and
-    token authentication towards a cluster given by HOST:PORT (see :func:`cluster_auth_environment`)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
-    if not verbose:
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
-    cluster_auth_environment(address)
+def run_search(config: Optional[SearchConfig], out: str | Path, *, resume: bool = False, confirm_only: bool = False,
+               confirm: Optional[Dict[str, Any]] = None, verbose: bool = False) -> Path:
+    """Run, resume (``resume``) or confirm/extend the confirmation of (``confirm_only``, with
+    ``confirm`` overriding the folder's confirm section) the search in ``out``; return the
+    leaderboard's path.
 
-
-def cluster_auth_environment(address: str | None) -> None:
-    """Before ``import ray``: Ray sends a cluster its token by itself only for address "auto";
-    with HOST:PORT only when told, and the head then refuses us after half a minute of retries."""
-    if address and address != "auto" and "RAY_AUTH_MODE" not in os.environ and auth_token_available():
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def auth_token_available() -> bool:
-    """Whether this machine holds a Ray auth token where Ray looks for one."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return True
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
-    return Path(path).is_file()
-
-
-def quiet_ray_loggers(verbose: bool) -> None:
-    """After ``import ray`` (which sets its loggers up): its driver-side notices, such as that
-    its default token authentication is on, only with ``--verbose``."""
-    if not verbose:
-        logging.getLogger("ray").setLevel(logging.ERROR)
-
-
-def run_search(config: SearchConfig, out: str | Path, *, resume: bool = False, verbose: bool = False) -> Path:
-    """Run (or resume) a search into the experiment folder ``out``; return the leaderboard path."""
+    Raises:
+        ValueError: a bad configuration, address or folder (nothing is written then).
+    """
     out = Path(out).resolve()
-    if resume:
-        config = search_config(yaml.safe_load((out / "config.yaml").read_text()))
+    if resume or confirm_only:
+        if not (out / "config.yaml").is_file() or not (out / "ledger.jsonl").is_file():
+            raise ValueError(f"{out}: not an experiment folder (no config.yaml and ledger.jsonl)")
+        config = search_config(read_yaml(out / "config.yaml"))
+        if confirm:
+            config = dataclasses.replace(config, confirm=search_config({"confirm": {
+                **dataclasses.asdict(config.confirm), **confirm}}).confirm)
     elif (out / "ledger.jsonl").exists():
         raise ValueError(f"{out} already holds a search; resume it with --resume {out} or pick another --out")
+    assert config is not None
+    space = load_space(config.space)          # bad names fail here, before anything is written
+    controller = _controller(config, space)
+    check_address(config.ray.address)
     out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        _atomic_write(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    ledger = Ledger(out / "ledger.jsonl")
-    budget = config.search.trials
-    if len(ledger) >= budget:
-        log.warning("%s: all %d trials are done", out, budget)
-        from .report import build_report
-        return build_report(out)
+    with FolderLock(out):
+        return _run_locked(config, out, space, controller, resume=resume, confirm_only=confirm_only, verbose=verbose)
 
+
+def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: bool, confirm_only: bool,
+                verbose: bool) -> Path:
+    from .report import build_report
+
+    fresh = not resume and not confirm_only
+    if fresh and (out / "ledger.jsonl").exists():  # another driver got here first
+        raise ValueError(f"{out} already holds a search; resume it with --resume {out} or pick another --out")
+    if fresh or confirm_only:
+        atomic_write_text(out / "config.yaml", _yaml(config))
     proxy = config.proxy
+    ledger = Ledger(out / "ledger.jsonl", default_seed=proxy.seed)
+    budget = config.search.trials
+    searched = sum(r.candidate.stage != "confirm" for r in ledger)
+    if confirm_only and searched < budget:
+        raise ValueError(f"{out}: the search has {searched} of its {budget} trials; finish it first "
+                         f"(nasfpn search --resume {out})")
+    confirm_recipe = confirm_proxy(proxy, config.confirm)
+    recipe = recipe_name(confirm_recipe, proxy)
+    baseline_genotypes = {name: proxy_genotype(load_genotype(name).replace(width=proxy.width), proxy)
+                          for name in config.search.baselines}
+
     started = time.time()
     task = prepare_task(config.data, config.backbone, proxy)
-    space = load_space(config.space)
-    # As the proxy trains them (its width, at most its repeats), so the ledger holds what was trained.
-    baselines = [proxy_genotype(load_genotype(name).replace(width=proxy.width), proxy)
-                 for name in config.search.baselines]
-    controller = _controller(config, space, baselines)
-    state_path = out / "controller.pt"
-    queued = {g.hash() for g in baselines}
-    if resume and state_path.is_file():
-        state = torch.load(state_path, weights_only=True)
-        controller.load_state_dict(state)
-        for trial_id in state["pending"]:
-            controller.tell(trial_id, None)  # in flight when the driver died: dropped, may be proposed again
-        queued = {Genotype.from_dict(g).hash() for g in state["warm"]}
-    for entry in ledger:  # finished after the last controller save (a kill in between)
-        if entry["status"] != "failed" and controller.known_reward(entry["hash"]) is None:
-            controller.record(Genotype.from_dict(entry["genotype"]), entry["reward"])
-    # Baselines the controller already handed out but that never finished are run first.
-    tried = {entry["hash"] for entry in ledger}
-    forced = [g for g in baselines if g.hash() not in tried and g.hash() not in queued]
-    _atomic_write(out / "experiment.json", json.dumps({
-        "name": out.name, "trials": budget, "channels": {str(k): v for k, v in task.channels.items()},
-        "width": proxy.width, "image_size": proxy.image_size, "backbone": config.backbone.name,
-        "backbone_weights": task.backbone_weights, "space": config.space, "controller": _controller_name(config),
-        "recipe": f"{proxy.steps} steps of batch {proxy.batch_size} at {proxy.image_size} px, width {proxy.width}, "
-                  f"{proxy.optimizer} lr {proxy.lr}, seed {proxy.seed}, {precision_name(proxy.amp, proxy_device())}, "
-                  f"{_repeats_phrase(proxy.max_repeats)}, "
-                  f"backbone {config.backbone.name} "
-                  f"({'frozen' if config.backbone.freeze else 'trained'})",
-        "train_images": len(task.train), "val_images": len(task.val)}, indent=1))
+    recipes = {SEARCH: {"task": task.spec, "proxy": _plain_proxy(proxy)}}
+    if config.confirm.enabled and recipe != SEARCH:
+        # Another image size needs its own feature caches, of the search's one backbone.
+        backbone = config.backbone if task.backbone_weights == "random" else \
+            dataclasses.replace(config.backbone, weights=task.backbone_weights)
+        confirm_task = task if confirm_recipe.image_size == proxy.image_size else \
+            prepare_task(config.data, backbone, confirm_recipe)
+        recipes[recipe] = {"task": confirm_task.spec, "proxy": _plain_proxy(confirm_recipe)}
+    meta = _experiment(out, config, task, recipe, confirm_recipe)
     log.warning("prepared in %.0f s: %d train / %d val images, backbone weights %s", time.time() - started,
                 len(task.train), len(task.val), task.backbone_weights)
+    if len(task.val) < MIN_VAL_IMAGES:
+        print(f"warning: the validation split has {len(task.val)} images: too few to rank necks (seeds alone "
+              f"move one neck's AP by more than necks differ below about {MIN_VAL_IMAGES}); give data.val_fraction "
+              "or data.val_annotations more images", flush=True)
 
-    ray_environment(verbose, config.ray.address)
-    from .tune_run import run_tune
-    run_tune(config, out, task.spec, controller, ledger, baselines, forced, state_path, verbose=verbose)
-    from .report import build_report
+    state_path = out / "controller.pt"
+    if searched < budget:
+        _restore_controller(controller, state_path, ledger, resume)
+    search_stage = ControllerStage(controller, proxy, {g.hash(): n for n, g in baseline_genotypes.items()})
+    stages = [Baselines([Candidate.of(g, proxy, seed=proxy.seed, baseline=name, stage="baseline")
+                         for name, g in baseline_genotypes.items()], ledger, controller),
+              Seeds(search_stage, [proxy.seed + i for i in range(config.search.seeds)])
+              if config.search.seeds > 1 else search_stage]
+    search = Pipeline(stages, ledger, budget=budget)
+    # As written (not capped as the search proxy trains them): the confirmation may raise the cap.
+    confirm_candidates = [Candidate.of(load_genotype(name), confirm_recipe, seed=0, recipe=recipe, baseline=name,
+                                       stage="confirm") for name in config.search.baselines]
+
+    def _confirm_plan(led: Ledger) -> List[Candidate]:
+        return plan(led, confirm_candidates, config.confirm, confirm_recipe, recipe)
+
+    confirmation = Pipeline([Confirmation(_confirm_plan, ledger, recipe)], ledger)
+
+    def _confirm_left() -> List[Candidate]:
+        return [c for c in _confirm_plan(ledger) if ledger.find(c.key, full=True) is None] \
+            if config.confirm.enabled else []
+
+    if searched >= budget and not _confirm_left():
+        log.warning("%s: all %d trials are done", out, budget)
+        return build_report(out)
+
+    def save_controller(record: TrialRecord) -> None:
+        atomic_torch_save(controller.state_dict(), state_path)
+
+    phases = [Phase("search", search, lambda: budget, lambda: sum(r.candidate.stage != "confirm" for r in ledger),
+                    _asha(config), save_controller)] if searched < budget else []
+    if config.confirm.enabled:  # planned when it starts: the finalists are known only then
+        phases.append(Phase("confirm", confirmation, lambda: len(_confirm_plan(ledger)),
+                            lambda: len(_confirm_plan(ledger)) - len(_confirm_left())))
+    run_phases(config, out, recipes, phases, meta, verbose=verbose)
     return build_report(out)
 
 
-def _controller(config: SearchConfig, space, baselines):
+@dataclass
+class Phase:
+    """One Tune run of a search: a pipeline until it is finished. ``total`` and ``done``: the
+    trials of the phase in all and finished so far (asked when it starts, and for the progress
+    line; nothing left skips it); ``scheduler``: ASHA settings or ``None``; ``on_record``: called
+    after each record is written."""
+    name: str
+    pipeline: Pipeline
+    total: Callable[[], int]
+    done: Callable[[], int]
+    scheduler: Optional[Dict[str, int]] = None
+    on_record: Callable[[TrialRecord], None] = lambda record: None
+
+
+def run_phases(config: SearchConfig, out: Path, recipes: Dict[str, Any], phases: List[Phase],
+               meta: Optional[Dict[str, Any]] = None, *, verbose: bool = False) -> None:
+    """Connect to Ray (private or the cluster of ``config.ray``) and run each phase in turn over
+    the recipes' prepared tasks; ``meta`` (``experiment.json``) keeps the driver's wall time."""
+    if not phases:
+        return
+    from .connect import connect_ray, quiet_ray_loggers, ray_environment
+    ray_environment(verbose, config.ray.address)
+    import ray
+    from .tune_run import LedgerCallback, run_phase
+
+    quiet_ray_loggers(verbose)
+    print(connect_ray(config.ray.address, config.ray.num_cpus, verbose), flush=True)
+    session = time.time()
+    before = (meta or {}).get("wall_seconds", 0.0)
+    try:
+        _check_resources(ray.cluster_resources(), config)
+        setup = {"recipes": recipes, "cpus": config.resources.cpus_per_trial,
+                 "reward": dataclasses.asdict(config.reward)}
+        for phase in phases:
+            total = phase.total()
+            if phase.done() >= total:
+                continue
+            callback = LedgerCallback(phase.pipeline, total, _controller_name(config), phase.name, phase.done)
+
+            def on_record(record: TrialRecord, phase=phase, callback=callback) -> None:
+                phase.on_record(record)
+                if meta is not None:
+                    meta["wall_seconds"] = round(before + time.time() - session, 1)
+                    atomic_write_text(out / "experiment.json", json.dumps(meta, indent=1))
+                callback.print_record(record)
+
+            phase.pipeline.on_record = on_record
+            run_phase(phase.pipeline, callback, out=out, setup=setup, concurrent=config.search.concurrent,
+                      retries=config.search.retries, cpus=config.resources.cpus_per_trial,
+                      gpus=config.resources.gpus_per_trial, scheduler=phase.scheduler, verbose=verbose)
+    finally:
+        ray.shutdown()
+
+
+def _restore_controller(controller, state_path: Path, ledger: Ledger, resume: bool) -> None:
+    """On resume: the controller's saved state; what finished after the save is recorded; a
+    trial that was in flight is forgotten (lost, not failed: no reward, not even
+    ``failure_reward``) and proposed again unless the ledger has it."""
+    if not (resume and state_path.is_file()):
+        return
+    try:
+        state = torch.load(state_path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable state means the same to the user
+        raise ValueError(f"{state_path}: damaged controller state ({type(err).__name__}); remove it to restart "
+                         "the controller from the ledger alone") from None
+    controller.load_state_dict(state)
+    for record in ledger:
+        if record.candidate.stage == "confirm" or record.status == "failed":
+            continue
+        if controller.known_reward(record.candidate.hash) is None:
+            controller.record(record.candidate.genotype, record.reward)
+    for trial_id in list(state["pending"]):
+        known = controller.known_reward(state["pending"][trial_id]["hash"]) is not None
+        controller.forget(trial_id, ask_again=not known)
+
+
+def _controller(config: SearchConfig, space):
     from ..controllers import make_controller
 
     spec = config.controller
     if isinstance(spec, dict):
         spec = {"controller": spec.get("name", spec.get("controller")), **{k: v for k, v in spec.items() if k != "name"}}
-    return make_controller(space, spec, seed=config.search.seed, warm_start=baselines)
+    return make_controller(space, spec, seed=config.search.seed)
 
 
 def _controller_name(config: SearchConfig) -> str:
@@ -137,46 +238,58 @@ def _controller_name(config: SearchConfig) -> str:
     return Path(str(spec)).stem
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _asha(config: SearchConfig) -> Optional[Dict[str, int]]:
+    proxy = config.proxy
+    evals = max(1, -(-proxy.steps // proxy.eval_every)) if proxy.eval_every else 1
+    if config.scheduler.name != "asha" or evals <= 1:
+        return None
+    return {"evals": evals, "grace_evals": config.scheduler.grace_evals,
+            "reduction_factor": config.scheduler.reduction_factor}
 
 
-def save_state(controller, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".controller.")
-    os.close(fd)
-    torch.save(controller.state_dict(), tmp)
-    os.replace(tmp, path)
+def _check_resources(available: Dict[str, float], config: SearchConfig) -> None:
+    """A trial asking for more than the cluster has would wait forever without a word."""
+    r = config.resources
+    if r.cpus_per_trial > available.get("CPU", 0) or r.gpus_per_trial > available.get("GPU", 0):
+        raise ValueError(f"resources: a trial asks for {r.cpus_per_trial} CPU / {r.gpus_per_trial} GPU but the "
+                         f"cluster has {available.get('CPU', 0):g} CPU / {available.get('GPU', 0):g} GPU")
 
 
-def ledger_entry(trial_number: int, config: Dict[str, Any], result: Optional[Dict[str, Any]], status: str,
-                 error: Optional[str], baselines: Dict[str, str], controller_name: str, attempts: int) -> Dict[str, Any]:
-    """One ledger line: the genotype and its hash, what it scored, how it ended."""
-    result = result or {}
-    keys = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "params", "macs", "steps", "seconds",
-            "train_seconds", "eval_seconds", "final_loss", "proxy_repeats", "precision")
-    return {"trial": trial_number, "hash": config["hash"], "genotype": config["genotype"], "status": status,
-            "reward": float(result.get("reward", 0.0)) if status != "failed" else 0.0,
-            **{k: result.get(k) for k in keys if k in result}, "ap": float(result.get("ap", 0.0)),
-            "baseline": baselines.get(config["hash"]), "controller": controller_name, "error": error,
-            "trained_hash": config.get("trained_hash"),
-            "attempts": attempts, "answered_from_ledger": bool(result.get("answered_from_ledger")),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+def _experiment(out: Path, config: SearchConfig, task, recipe: str, confirm_recipe: ProxyConfig) -> Dict[str, Any]:
+    """``experiment.json``: what the report needs besides the ledger (written at every start;
+    the wall time of earlier driver sessions is kept)."""
+    path = out / "experiment.json"
+    before = read_json(path).get("wall_seconds", 0.0) if path.is_file() else 0.0
+    proxy = config.proxy
+    meta = {"name": out.name, "trials": config.search.trials, "concurrent": config.search.concurrent,
+            "channels": {str(k): v for k, v in task.channels.items()}, "width": proxy.width,
+            "image_size": proxy.image_size, "backbone": config.backbone.name,
+            "backbone_weights": task.backbone_weights, "space": config.space, "controller": _controller_name(config),
+            "recipe": recipe_text(proxy, config),
+            "confirm": {"recipe": recipe, "enabled": config.confirm.enabled, "top_k": config.confirm.top_k,
+                        "seeds": config.confirm.seeds, "text": recipe_text(confirm_recipe, config)},
+            "train_images": len(task.train), "val_images": len(task.val),
+            "wall_seconds": before}
+    atomic_write_text(path, json.dumps(meta, indent=1))
+    return meta
 
 
-def trained_hash(genotype: Genotype, proxy) -> str:
-    """The hash of the neck the proxy really trains for ``genotype`` (at the proxy's width and
-    repeat cap): genotypes that differ only in what the proxy overrides cost one training."""
-    return proxy_genotype(genotype.replace(width=proxy.width), proxy).hash()
+def recipe_text(proxy: ProxyConfig, config: SearchConfig) -> str:
+    repeats = "full repeats" if proxy.max_repeats is None else \
+        "one cell of each neck" if proxy.max_repeats == 1 else f"at most {proxy.max_repeats} repeats"
+    return (f"{proxy.steps} steps of batch {proxy.batch_size} at {proxy.image_size} px, width {proxy.width}, "
+            f"{proxy.optimizer} lr {proxy.lr}, {precision_name(proxy.amp, proxy_device())}, {repeats}, "
+            f"backbone {config.backbone.name} ({'frozen' if config.backbone.freeze else 'trained'})")
+
+
+def _plain_proxy(proxy: ProxyConfig) -> Dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(proxy).items() if k != "threads"}
+
+
+def _yaml(config: SearchConfig) -> str:
+    import yaml
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def list_runs(out: Path) -> List[Path]:
     return sorted((out / "tune").glob("run-*")) if (out / "tune").is_dir() else []
-
-
-def _repeats_phrase(max_repeats: Optional[int]) -> str:
-    if max_repeats is None:
-        return "full repeats"
-    return "one cell of each neck" if max_repeats == 1 else f"at most {max_repeats} repeats"

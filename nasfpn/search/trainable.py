@@ -1,6 +1,7 @@
-"""The Ray Tune trainable: one trial trains the proxy for one genotype.
+"""The Ray Tune trainable: one trial trains the proxy for one :class:`Candidate`.
 
-It wraps the Ray-free :func:`nasfpn.train.train_proxy`. The prepared task (data splits, feature
+It wraps the Ray-free :func:`nasfpn.train.train_proxy` under the candidate's recipe and seed.
+Candidates answered from the ledger never get here: the driver answers them. The prepared task (data splits, feature
 caches on disk) is rebuilt once per worker process from its plain spec. Intermediate AP is
 reported at every evaluation (ASHA stops trials on it) and the final result is reported after
 the last evaluation, so nothing has to run after the last ``tune.report``. A failed proxy (a
@@ -13,8 +14,8 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from ..genotype import Genotype
 from ..train import ProxyConfig, train_proxy
+from .records import Candidate
 
 _TASKS: Dict[str, Any] = {}  # per worker process: spec digest -> ProxyTask
 
@@ -31,33 +32,33 @@ def reward_of(ap: float, macs: Optional[float], target_macs: Optional[float], we
 
 
 def proxy_trial(config: Mapping[str, Any], setup: Mapping[str, Any]) -> None:
-    """Tune function trainable. ``config``: what the searcher suggested (``genotype``, ``hash``,
-    optionally ``known``: a ledger result to answer with). ``setup``: the search's constants
-    (task spec, proxy settings, reward, CPUs per trial)."""
+    """Tune function trainable. ``config``: a :meth:`Candidate.to_config`. ``setup``: the
+    search's constants: per recipe name the task spec and proxy settings, the reward, CPUs per
+    trial."""
+    import ray
     from ray import tune
 
-    if config.get("known") is not None:  # already evaluated: answered from the ledger, never trained again
-        tune.report({**config["known"], "answered_from_ledger": True, "final": True})
-        return
+    candidate = Candidate.from_config(config)
+    recipe = setup["recipes"][candidate.recipe]
     threads = max(1, int(setup["cpus"]))
     torch.set_num_threads(threads)  # one thread per CPU the trial holds, or trials fight for cores
-    task = _task(setup["task"])
-    genotype = Genotype.from_dict(config["genotype"])
-    proxy = ProxyConfig.from_dict({**setup["proxy"], "threads": threads})
+    task = _task(recipe["task"])
+    proxy = ProxyConfig.from_dict({**recipe["proxy"], "threads": threads, "seed": candidate.seed})
     target, weight = setup["reward"]["target_macs"], setup["reward"]["weight"]
+    node = ray.get_runtime_context().get_node_id()
 
     def report(progress: Dict[str, Any]) -> None:
         if "ap" in progress:  # an intermediate evaluation: what the scheduler compares trials on
             tune.report({**progress, "reward": reward_of(progress["ap"], progress["macs"], target, weight),
-                         "steps": progress["step"], "final": False})
+                         "steps": progress["step"], "node": node, "final": False})
 
-    result = train_proxy(genotype, task, proxy, report)
+    result = train_proxy(candidate.genotype, task, proxy, report)
     if result["status"] != "ok":
         raise TrialFailed(result["error"])
     reward = reward_of(result["ap"], result["macs"], target, weight)
     if not math.isfinite(reward):
         raise TrialFailed(f"non-finite reward {reward}")
-    tune.report({**result, "reward": reward, "step": result["steps"], "final": True})
+    tune.report({**result, "reward": reward, "step": result["steps"], "node": node, "final": True})
 
 
 def _task(spec: Mapping[str, Any]):

@@ -1,231 +1,152 @@
-"""The Ray Tune run of a search: local Ray or a cluster, the searcher behind a concurrency
-limit, ASHA, retries, and a callback that keeps the ledger and prints a compact progress view."""
+"""The Ray Tune run of one phase of a search: the pipeline of stages behind a Tune ``Searcher``
+and a concurrency limit, ASHA (never stopping a baseline), retries, and a callback that turns
+each finished Tune trial into a :class:`TrialRecord` for the pipeline (which writes the ledger)
+and prints a compact progress line. The only search module besides :mod:`.connect` and
+:mod:`.trainable` that imports Ray."""
 from __future__ import annotations
 
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, Mapping, Optional
 
-from ..genotype import Genotype
-from .config import SearchConfig
-from .driver import ledger_entry, list_runs, quiet_ray_loggers, save_state, trained_hash
-from .ledger import Ledger
+from ray import tune
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
+
+from .records import Candidate, TrialRecord
+from .stages import Pipeline
 from .trainable import proxy_trial
 
 log = logging.getLogger(__name__)
-TOKEN_HINT = ("if the cluster uses token authentication, copy its ~/.ray/auth_token to this machine or set "
-              "RAY_AUTH_TOKEN")
 
 
-def connect_ray(address: str | None, num_cpus: int | None, verbose: bool) -> str:
-    """A private local Ray bound to 127.0.0.1, or the cluster at ``address``; returns a line
-    saying which, for the progress view."""
-    import os
+class PipelineSearcher(Searcher):
+    """Tune's view of a :class:`Pipeline`: ``suggest`` asks it (candidates it can answer from
+    the ledger never become Tune trials); results reach it through :class:`LedgerCallback`,
+    which sees the trial's error and attempts."""
 
-    import ray
+    def __init__(self, pipeline: Pipeline):
+        super().__init__(metric="reward", mode="max")
+        self.pipeline = pipeline
 
-    level = "INFO" if verbose else "ERROR"
-    if not address:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose,
-                 logging_level=level, _node_ip_address="127.0.0.1")
-        return f"Ray: local, {ray.cluster_resources().get('CPU', 0):g} CPU"
-    try:
-        ray.init(address=address, log_to_driver=verbose, logging_level=level)
-    except ConnectionError as error:
-        raise RuntimeError(f"ray.address {address!r}: {error}; {TOKEN_HINT}") from None
+    def suggest(self, trial_id: str) -> Optional[Dict[str, Any]] | str:
+        candidate = self.pipeline.ask()
+        if candidate is not None:
+            return candidate.to_config()
+        return Searcher.FINISHED if self.pipeline.finished else None
 
-    # A driver whose authentication mode differs from the cluster's connects fine, and then
-    # every trial dies "cancelled before it started": find out now, with one tiny actor.
-    @ray.remote(num_cpus=0)
-    class Probe:
-        def ping(self) -> bool:
-            return True
-
-    try:
-        ray.get(Probe.remote().ping.remote(), timeout=120)
-    except Exception as error:  # noqa: BLE001 - any failure here means the same to the user
-        mode = os.environ.get("RAY_AUTH_MODE", "disabled")
-        ray.shutdown()
-        detail = (str(error).strip().splitlines() or [""])[0][:200]
-        raise RuntimeError(f"ray.address {address!r}: connected, but the cluster cannot run this driver's actors "
-                           f"({type(error).__name__}: {detail}); the usual cause is an authentication mode that "
-                           f"differs from the cluster's: this driver's RAY_AUTH_MODE is {mode!r}; set the cluster's "
-                           f"(RAY_AUTH_MODE=token or disabled) and try again") from None
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    resources = ray.cluster_resources()
-    return (f"Ray: cluster at {address}, {len(nodes)} node(s), {resources.get('CPU', 0):g} CPU, "
-            f"{resources.get('GPU', 0):g} GPU")
+    def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
+        pass  # the callback tells the pipeline
 
 
-def run_tune(config: SearchConfig, out: Path, task_spec: Dict[str, Any], controller, ledger: Ledger,
-             baselines: List[Genotype], forced: List[Genotype], state_path: Path, *, verbose: bool = False) -> None:
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
+class BaselinesRunToTheEnd(ASHAScheduler):
+    """ASHA, except that a baseline is never stopped early: it is the yardstick, so its AP must
+    come from the full recipe (its results still set the rungs)."""
 
-    from ..controllers.tune import NASSearcher
+    def __init__(self, *, evals: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.evals = evals
 
-    quiet_ray_loggers(verbose)
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if trial.config.get("baseline") and result.get("training_iteration", 0) < self.evals:
+            return self.CONTINUE
+        return decision
 
-    budget = config.search.trials
-    remaining = budget - len(ledger)
-    resources = config.resources
-    print(connect_ray(config.ray.address, config.ray.num_cpus, verbose), flush=True)
-    try:
-        available = ray.cluster_resources()
-        # A trial asking for more than the cluster has would wait forever without a word.
-        if resources.cpus_per_trial > available.get("CPU", 0) or resources.gpus_per_trial > available.get("GPU", 0):
-            raise ValueError(f"resources: a trial asks for {resources.cpus_per_trial} CPU / {resources.gpus_per_trial} "
-                             f"GPU but the cluster has {available.get('CPU', 0):g} CPU / {available.get('GPU', 0):g} GPU")
-        baseline_names = {g.hash(): name for g, name in zip(baselines, config.search.baselines)}
 
-        class LedgerSearcher(NASSearcher):
-            """A topology already in the ledger is answered from it, never trained again; the
-            ``forced`` genotypes (baselines lost in flight by a killed driver) run first, and the
-            controller learns of them by ``record``."""
+class LedgerCallback(Callback):
+    """Each finished trial becomes a record (the pipeline writes and fsyncs it at once) and one
+    progress line: ``[7/16] 2 running | 4eddfd2a: AP 0.061 | best 0.064 panet | 3:12 elapsed, ~3:40 left``."""
 
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                self.forced = list(forced)
-                self.forced_trials: Dict[str, Genotype] = {}
+    def __init__(self, pipeline: Pipeline, total: int, controller_name: str, phase: str, done: Callable[[], int]):
+        self.pipeline, self.total, self.controller_name, self.phase = pipeline, total, controller_name, phase
+        self._done = done  # trials of this phase finished so far (out of ``total``)
+        self.running = 0
+        self.start = time.time()
+        self.done_at_start = done()
+        self.curves: Dict[str, list] = {}  # Tune trial id -> [[steps, AP], ...] of its evaluations so far
 
-            def suggest(self, trial_id):
-                if self.forced and (self.max_trials is None or self.suggested < self.max_trials):
-                    genotype = self.forced.pop(0)
-                    self.suggested += 1
-                    self.forced_trials[trial_id] = genotype
-                    return {"genotype": genotype.to_dict(), "hash": genotype.hash(),
-                            "trained_hash": trained_hash(genotype, config.proxy),
-                            "baseline": baseline_names.get(genotype.hash())}
-                suggestion = super().suggest(trial_id)
-                if isinstance(suggestion, dict):
-                    suggestion["baseline"] = baseline_names.get(suggestion["hash"])
-                    suggestion["trained_hash"] = trained_hash(Genotype.from_dict(suggestion["genotype"]), config.proxy)
-                    known = ledger.find(suggestion["hash"], suggestion["trained_hash"])
-                    if known is not None:
-                        suggestion["known"] = {k: v for k, v in known.items() if k not in ("genotype", "trial")}
-                return suggestion
+    def on_step_end(self, iteration, trials, **info):
+        self.running = sum(t.status == "RUNNING" for t in trials)
 
-            def on_trial_complete(self, trial_id, result=None, error=False):
-                genotype = self.forced_trials.pop(trial_id, None)
-                if genotype is None:
-                    return super().on_trial_complete(trial_id, result, error)
-                value = None if error or not result else result.get("reward")
-                self.controller.record(genotype, value)
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.curves.pop(trial.trial_id, None)  # a retried trial starts its curve again
 
-        searcher = LedgerSearcher(controller, metric="reward", mode="max", max_trials=remaining)
-        proxy = config.proxy
-        evals = max(1, math.ceil(proxy.steps / proxy.eval_every)) if proxy.eval_every else 1
-        if config.scheduler.name == "asha" and evals > 1:
-            class BaselinesRunToTheEnd(ASHAScheduler):
-                """ASHA, except that a baseline is never stopped early: it is the yardstick, so
-                its AP must come from the full recipe (its results still set the rungs)."""
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not result.get("final") and "ap" in result:
+            self.curves.setdefault(trial.trial_id, []).append([int(result.get("steps", 0)), float(result["ap"])])
 
-                def on_trial_result(self, tune_controller, trial, result):
-                    decision = super().on_trial_result(tune_controller, trial, result)
-                    if trial.config.get("baseline") and result.get("training_iteration", 0) < evals:
-                        return self.CONTINUE
-                    return decision
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = dict(trial.last_result or {})
+        self._finish(trials, trial, result, "ok" if result.get("final") else "stopped", None)
 
-            scheduler = BaselinesRunToTheEnd(metric="reward", mode="max", time_attr="training_iteration", max_t=evals,
-                                             grace_period=min(config.scheduler.grace_evals, evals),
-                                             reduction_factor=config.scheduler.reduction_factor)
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trials, trial, dict(trial.last_result or {}), "failed", _error_text(trial))
+
+    def _finish(self, trials, trial, result: Dict[str, Any], status: str, error: Optional[str]) -> None:
+        # Tune still calls the finishing trial RUNNING here.
+        self.running = sum(t.status == "RUNNING" and t is not trial for t in trials)
+        failures = getattr(trial, "num_failures", 0)  # an errored trial's count includes its last failure
+        candidate = Candidate.from_config(trial.config)
+        result["curve"] = self.curves.pop(trial.trial_id, None)
+        record = TrialRecord.finished(self.pipeline.ledger.next_trial(), candidate, status, result,
+                                      attempts=failures if status == "failed" else failures + 1, error=error,
+                                      node=result.get("node"), controller=self.controller_name)
+        self.pipeline.finish(candidate, record)
+
+    def print_record(self, record: TrialRecord) -> None:
+        ledger = self.pipeline.ledger
+        done = self._done()
+        elapsed = time.time() - self.start
+        new = done - self.done_at_start
+        eta = elapsed / new * (self.total - done) if new else float("nan")
+        c = record.candidate
+        name = c.label + (f" seed {c.seed}" if self.phase == "confirm" else "")
+        if record.status == "failed":
+            what = f"failed ({str(record.error)[:60]})"
         else:
-            scheduler = FIFOScheduler()
-        setup = {"task": task_spec, "proxy": {k: v for k, v in vars(proxy).items() if k != "threads"},
-                 "reward": {"target_macs": config.reward.target_macs, "weight": config.reward.weight},
-                 "cpus": resources.cpus_per_trial}
-        trainable = tune.with_resources(tune.with_parameters(proxy_trial, setup=setup),
-                                        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
-        progress = LedgerCallback(ledger, controller, state_path, budget,
-                                  baseline_names,
-                                  _controller_label(config))
-        run = f"run-{len(list_runs(out)) + 1}"
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=config.search.concurrent),
-                                        scheduler=scheduler, num_samples=-1, reuse_actors=True,
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(name=run, storage_path=str(out / "tune"), verbose=2 if verbose else 0,
-                                      callbacks=[progress],
-                                      failure_config=tune.FailureConfig(max_failures=config.search.retries)),
-        )
-        tuner.fit()
-    finally:
-        ray.shutdown()
+            what = f"AP {record.ap:.3f}" + (" (stopped early)" if record.status == "stopped" else "") + \
+                (" (from the ledger)" if record.answered_from_ledger else "")
+        finished = [r for r in ledger if r.status != "failed" and r.candidate.stage != "confirm"]
+        best = max(finished, key=lambda r: r.reward, default=None)
+        best_text = f"best {best.reward:.3f} {best.candidate.label}" if best and self.phase != "confirm" else ""
+        print(f"[{self.phase} {done}/{self.total}] {self.running} running | {name}: {what}"
+              + (f" | {best_text}" if best_text else "") + f" | {_clock(elapsed)} elapsed, ~{_clock(eta)} left",
+              flush=True)
+
+
+def run_phase(pipeline: Pipeline, callback: LedgerCallback, *, out: Path, setup: Mapping[str, Any],
+              concurrent: int, retries: int, cpus: float, gpus: float, scheduler: Optional[Mapping[str, int]],
+              verbose: bool = False) -> None:
+    """Run Tune until the pipeline is finished. ``scheduler``: ASHA's ``evals``, ``grace_evals``
+    and ``reduction_factor``, or ``None`` for first-in-first-out."""
+    if scheduler:
+        evals = scheduler["evals"]
+        chosen = BaselinesRunToTheEnd(evals=evals, metric="reward", mode="max", time_attr="training_iteration",
+                                      max_t=evals, grace_period=min(scheduler["grace_evals"], evals),
+                                      reduction_factor=scheduler["reduction_factor"])
+    else:
+        chosen = FIFOScheduler()
+    trainable = tune.with_resources(tune.with_parameters(proxy_trial, setup=dict(setup)), {"cpu": cpus, "gpu": gpus})
+    runs = sorted((out / "tune").glob("run-*")) if (out / "tune").is_dir() else []
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(PipelineSearcher(pipeline), max_concurrent=concurrent),
+                                    scheduler=chosen, num_samples=-1, reuse_actors=True,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(name=f"run-{len(runs) + 1}", storage_path=str(out / "tune"),
+                                  verbose=2 if verbose else 0, callbacks=[callback],
+                                  failure_config=tune.FailureConfig(max_failures=retries)),
+    )
+    tuner.fit()
 
 
 def _trial_name(trial) -> str:
     """``trial-<tune id>-<genotype hash>``: short, and findable from the ledger."""
     return f"trial-{trial.trial_id}-{str(trial.config.get('hash', ''))[:8]}"
-
-
-def _controller_label(config: SearchConfig) -> str:
-    spec = config.controller
-    return str(spec.get("name", spec.get("controller"))) if isinstance(spec, dict) else Path(str(spec)).stem
-
-
-def _tune_callback_base():
-    from ray.tune import Callback
-    return Callback
-
-
-class LedgerCallback(_tune_callback_base()):
-    """Appends each finished trial to the ledger (and saves the controller) the moment the driver
-    hears of it, and prints one progress line per event."""
-
-    def __init__(self, ledger: Ledger, controller, state_path: Path, budget: int, baselines: Dict[str, str],
-                 controller_name: str):
-        self.ledger, self.controller, self.state_path = ledger, controller, state_path
-        self.budget, self.baselines, self.controller_name = budget, baselines, controller_name
-        self.running = 0
-        self.start = time.time()
-        self.done_at_start = len(ledger)
-
-    def on_step_end(self, iteration, trials, **info):
-        self.running = sum(t.status == "RUNNING" for t in trials)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        result = dict(trial.last_result or {})
-        status = "ok" if result.get("final") else "stopped"
-        self._count_running(trials, trial)
-        self._finish(trial, result, status, None)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._count_running(trials, trial)
-        self._finish(trial, dict(trial.last_result or {}), "failed", _error_text(trial))
-
-    def _count_running(self, trials, finished) -> None:
-        # Tune still calls the finishing trial RUNNING here.
-        self.running = sum(t.status == "RUNNING" and t is not finished for t in trials)
-
-    def _finish(self, trial, result: Dict[str, Any], status: str, error) -> None:
-        config = trial.config
-        if "hash" not in config:
-            return
-        failures = getattr(trial, "num_failures", 0)  # an errored trial's count includes its last failure
-        entry = ledger_entry(len(self.ledger) + 1, config, result, status, error, self.baselines,
-                             self.controller_name, failures if status == "failed" else failures + 1)
-        self.ledger.append(entry)
-        save_state(self.controller, self.state_path)
-        self._print(entry)
-
-    def _print(self, entry: Dict[str, Any]) -> None:
-        done = len(self.ledger)
-        finished = [e for e in self.ledger if e["status"] != "failed"]
-        best = max(finished, key=lambda e: e["reward"]) if finished else None
-        elapsed = time.time() - self.start
-        new = done - self.done_at_start
-        eta = elapsed / new * (self.budget - done) if new else float("nan")
-        name = entry.get("baseline") or entry["hash"][:8]
-        what = f"failed ({str(entry['error'])[:60]})" if entry["status"] == "failed" else \
-            f"AP {entry['ap']:.3f}" + (" (stopped early)" if entry["status"] == "stopped" else "")
-        best_text = f"best {best['reward']:.3f} {best.get('baseline') or best['hash'][:8]}" if best else "best -"
-        print(f"[{done}/{self.budget}] {self.running} running | {name}: {what} | {best_text} | "
-              f"{_clock(elapsed)} elapsed, ~{_clock(eta)} left", flush=True)
 
 
 def _clock(seconds: float) -> str:

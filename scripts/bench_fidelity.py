@@ -1,0 +1,187 @@
+"""Benchmark of the proxy's fidelity: does the 600-step proxy rank necks as a 4x longer recipe does?
+
+Trains at least 20 necks (the four references, the neck without a top-down path, FPN with BN
+laterals, and necks sampled from the wide space with a fixed seed) under the proxy recipe and
+under a recipe ``--factor`` times longer, ``--seeds`` seeds each, on the built-in data (and on
+``../shared/data/bccd`` with ``--data bccd``). It runs through the search's own machinery: every
+(neck, seed, recipe) is a ledger key of a confirmation stage in the folder ``--out``, so the
+benchmark can be killed at any moment and run again to continue where it stopped.
+
+Prints and writes (JSON): Kendall's tau and Spearman's rho between the two rankings (mean over
+seeds) with bootstrap 95% intervals, each recipe's mean seed standard deviation against the
+spread across necks, the spread across the reference necks in seed standard deviations, the cost
+of each recipe, and the rank correlation of the AP at each evaluation along the proxy run (the
+ASHA rungs, 200 and 400 steps) with its final AP.
+
+    python scripts/bench_fidelity.py [--data builtin|bccd] [--necks 21] [--seeds 2] [--factor 4]
+                                     [--out runs/fidelity-builtin] [--json bench_fidelity.json] [--report-only]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import random
+import statistics
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+from nasfpn import Genotype, load_genotype
+from nasfpn.data import voc_to_coco
+from nasfpn.fsio import atomic_write_text
+from nasfpn.search import stats
+from nasfpn.search.config import search_config
+from nasfpn.search.confirm import recipe_name
+from nasfpn.search.driver import Phase, recipe_text, run_phases
+from nasfpn.search.ledger import Ledger
+from nasfpn.search.records import Candidate
+from nasfpn.search.stages import Confirmation, Pipeline
+from nasfpn.space import load_space
+from nasfpn.task import prepare_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_proxy import SHARED, WEAK  # noqa: E402  (the no-top-down neck, defined once)
+
+REFERENCES = ["fpn", "panet", "bifpn", "nasfpn"]
+
+
+def necks(count: int, proxy) -> Dict[str, Genotype]:
+    """The references, the weak neck, FPN with BN laterals, then wide-space samples (seed 0) that
+    the proxy trains as necks not yet in the list."""
+    chosen = {name: load_genotype(name) for name in REFERENCES}
+    chosen["no-top-down"] = Genotype.from_dict(WEAK)
+    chosen["fpn-bn"] = load_genotype("fpn").replace(lateral="conv_bn", name="fpn-bn")
+    trained = {Candidate.of(g, proxy, seed=0).trained_hash for g in chosen.values()}
+    space, rng = load_space("wide"), random.Random(0)
+    while len(chosen) < count:
+        genotype = space.decode(space.sample(rng))
+        key = Candidate.of(genotype, proxy, seed=0).trained_hash
+        if key not in trained:
+            trained.add(key)
+            chosen[f"wide-{len(chosen) - 6:02d}"] = genotype
+    return chosen
+
+
+def data_section(which: str, cache: Path) -> dict:
+    if which == "builtin":
+        return {}
+    root = SHARED / which
+    if not root.is_dir():
+        raise SystemExit(f"--data {which}: {root} is not there")
+    annotations = cache / f"{which}.json"
+    if not annotations.is_file():
+        voc_to_coco(root, annotations)
+    images = next(p for p in (root / "JPEGImages", root / "images") if p.is_dir())
+    return {"annotations": str(annotations), "images": str(images)}
+
+
+def analyse(ledger: Ledger, names: Dict[str, str], recipes: Dict[str, str]) -> dict:
+    """The figures of the benchmark from the ledger (``names``: trained hash -> neck name)."""
+    by = {recipe: {} for recipe in recipes.values()}
+    for record in ledger:
+        c = record.candidate
+        if record.status == "ok" and c.recipe in by and c.trained_hash in names:
+            by[c.recipe].setdefault(c.trained_hash, {})[c.seed] = record
+    short, long = recipes["proxy"], recipes["long"]
+    both = [h for h in names if h in by[short] and h in by[long]]
+    mean = {r: {h: statistics.mean(x.ap for x in by[r][h].values()) for h in by[r]} for r in by}
+    result = {"necks_done": {name: len(by[r]) for name, r in recipes.items()}, "necks_in_both": len(both)}
+    xs, ys = [mean[short][h] for h in both], [mean[long][h] for h in both]
+    result["kendall_tau"] = stats.kendall_tau(xs, ys)
+    result["kendall_tau_interval"] = stats.bootstrap_interval(xs, ys, stats.kendall_tau)
+    result["spearman_rho"] = stats.spearman_rho(xs, ys)
+    result["spearman_rho_interval"] = stats.bootstrap_interval(xs, ys, stats.spearman_rho)
+    refs = {h for h, n in names.items() if n in REFERENCES}
+    for name, recipe in recipes.items():
+        groups = [[x.ap for x in seeds.values()] for seeds in by[recipe].values()]
+        seed_std = stats.pooled_seed_std(groups)
+        means = list(mean[recipe].values())
+        ref_means = [mean[recipe][h] for h in refs if h in mean[recipe]]
+        runs = [x for seeds in by[recipe].values() for x in seeds.values()]
+        result[name] = {
+            "recipe": recipe, "runs": len(runs), "seed_std": seed_std,
+            "spread_across_necks": (max(means) - min(means)) if means else None,
+            "spread_in_seed_stds": stats.spread_in_seed_stds(means, seed_std) if means else None,
+            "reference_spread_in_seed_stds": stats.spread_in_seed_stds(ref_means, seed_std) if ref_means else None,
+            "seconds_per_run": statistics.mean(x.seconds for x in runs) if runs else None,
+            "ranking": sorted(((names[h], round(m, 4), sorted(round(x.ap, 4) for x in by[recipe][h].values()))
+                               for h, m in mean[recipe].items()), key=lambda row: -row[1]),
+        }
+    rungs: Dict[int, List[tuple]] = {}
+    for seeds in by[short].values():
+        for record in seeds.values():
+            for steps, ap in record.get("curve") or []:
+                rungs.setdefault(int(steps), []).append((ap, record.ap))
+    result["rungs"] = {steps: {"kendall_tau": stats.kendall_tau([a for a, _ in pairs], [f for _, f in pairs]),
+                               "spearman_rho": stats.spearman_rho([a for a, _ in pairs], [f for _, f in pairs]),
+                               "runs": len(pairs)} for steps, pairs in sorted(rungs.items())}
+    return result
+
+
+def show(result: dict, names: List[str]) -> None:
+    print(f"\nproxy fidelity: {result['necks_in_both']} necks trained under both recipes")
+    for name in ("proxy", "long"):
+        r = result[name]
+        print(f"\n{name} recipe {r['recipe']}: {r['runs']} runs, {r['seconds_per_run'] or 0:.0f} s/run; seed std "
+              f"{r['seed_std']:.4f}; spread across necks {r['spread_across_necks'] or 0:.3f} = "
+              f"{r['spread_in_seed_stds'] or 0:.1f} seed stds (references: {r['reference_spread_in_seed_stds'] or 0:.1f})")
+        for neck, mean_ap, aps in r["ranking"]:
+            print(f"  {neck:14s} {mean_ap:.3f}  {aps}")
+    lo, hi = result["kendall_tau_interval"]
+    print(f"\nKendall tau proxy vs long: {result['kendall_tau']:+.3f} (95% bootstrap {lo:+.3f} to {hi:+.3f}); "
+          f"Spearman rho {result['spearman_rho']:+.3f} ({result['spearman_rho_interval'][0]:+.3f} to "
+          f"{result['spearman_rho_interval'][1]:+.3f}); target tau >= 0.8")
+    for steps, r in result["rungs"].items():
+        print(f"AP at {steps} steps vs final proxy AP: Kendall tau {r['kendall_tau']:+.3f}, Spearman rho "
+              f"{r['spearman_rho']:+.3f} over {r['runs']} runs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="builtin", choices=["builtin", "bccd"])
+    parser.add_argument("--necks", type=int, default=21)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--factor", type=int, default=4)
+    parser.add_argument("--concurrent", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--json", default="bench_fidelity.json")
+    parser.add_argument("--report-only", action="store_true", help="analyse what the folder holds; train nothing")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    out = (args.out or Path("runs") / f"fidelity-{args.data}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config = search_config({"data": data_section(args.data, out), "search": {"concurrent": args.concurrent},
+                            "proxy": {"eval_every": 200}})
+    proxy = config.proxy
+    long = dataclasses.replace(proxy, steps=args.factor * proxy.steps, eval_every=0)
+    recipes = {"proxy": "search", "long": recipe_name(long, proxy)}
+    chosen = necks(args.necks, proxy)
+    names = {Candidate.of(g, proxy, seed=0).trained_hash: n for n, g in chosen.items()}
+    ledger = Ledger(out / "ledger.jsonl")
+    if not args.report_only:
+        task = prepare_task(config.data, config.backbone, proxy)
+        specs = {recipes["proxy"]: {"task": task.spec, "proxy": {**dataclasses.asdict(proxy), "threads": None}},
+                 recipes["long"]: {"task": task.spec, "proxy": {**dataclasses.asdict(long), "threads": None}}}
+        atomic_write_text(out / "experiment.json", json.dumps({"necks": list(chosen), "proxy": recipe_text(proxy, config),
+                                                               "long": recipe_text(long, config)}, indent=1))
+        phases = []
+        for name, recipe_proxy in (("proxy", proxy), ("long", long)):
+            planned = [Candidate.of(g, recipe_proxy, seed=s, recipe=recipes[name], baseline=n, stage="confirm")
+                       for s in range(args.seeds) for n, g in chosen.items()]
+            pipeline = Pipeline([Confirmation(lambda led, planned=planned: planned, ledger, recipes[name])], ledger)
+            done = lambda planned=planned: sum(ledger.find(c.key, full=True) is not None for c in planned)  # noqa: E731
+            phases.append(Phase(name, pipeline, lambda n=len(planned): n, done))
+        run_phases(config, out, specs, phases)
+    result = analyse(ledger, names, recipes)
+    result.update(machine=platform.processor() or platform.machine(), data=args.data, seeds=args.seeds,
+                  factor=args.factor, necks=list(chosen), folder=str(out))
+    show(result, list(chosen))
+    Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
