@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 
-.PHONY: search test install
+.PHONY: search test test-fast install
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -17,3 +17,6 @@ search: install
 
 test: install
 	$(PYTHON) -m pytest -q
+
+test-fast: install   # without the tests that start a real Ray (about a minute)
+	$(PYTHON) -m pytest -q -m "not ray"

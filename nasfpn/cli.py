@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-asha", action="store_true", help="no early stopping")
     p.add_argument("--top", type=int, help="searched cells to confirm over seeds (default 2)")
     p.add_argument("--confirm-seeds", type=int, help="proxy seeds of the confirmation (default 3; 0: none)")
-    p.add_argument("--confirm-steps", type=int, help="steps of the confirmation recipe (default: twice --steps)")
+    p.add_argument("--confirm-steps", type=int, help="steps of the confirmation recipe (default: 1.5 x --steps)")
     data_args(p)
     p.add_argument("--out", type=Path, help="experiment folder (default runs/<space>-<controller>-<time>)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the search in DIR (its config is reused)")

@@ -1,6 +1,5 @@
 """The search end to end with real Ray: resume after a driver SIGKILL, failing trials, a worker
 killed mid-trial; and the Ray-free parts (config, ledger, report, reward)."""
-import dataclasses
 import json
 import os
 import secrets
@@ -273,3 +272,101 @@ def test_cost_aware_reward():
     assert reward_of(0.3, 2e9, None, -0.07) == 0.3
     assert reward_of(0.3, 2e9, 1e9, -0.07) == pytest.approx(0.3 * 2 ** -0.07)
     assert reward_of(0.3, 5e8, 1e9, -0.07) > 0.3
+
+
+def test_a_search_that_cannot_start_fails_at_once_and_writes_nothing(tmp_path, capsys):
+    """A wrong cluster address, space or controller: exit 2 within seconds, one line, no folder."""
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.time()
+    for flags, message in ((["--address", f"127.0.0.1:{port}"], f"ray.address '127.0.0.1:{port}': no Ray cluster"),
+                           (["--space", "nowhere"], "nowhere"), (["--controller", "magic"], "magic")):
+        out = tmp_path / "never"
+        assert main(["search", "--out", str(out), *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    assert time.time() - started < 20
+
+
+def test_confirm_refuses_a_folder_without_a_search_or_held_by_another_driver(tmp_path, capsys):
+    from nasfpn.search.lock import FolderLock
+
+    assert main(["confirm", str(tmp_path)]) == 2
+    assert "not an experiment folder" in capsys.readouterr().err
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    ledger.append(record(1, "fpn", 0.3))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(search_config({"search": {"trials": 2}}).to_dict()))
+    assert main(["confirm", str(tmp_path)]) == 2
+    assert "the search has 1 of its 2 trials; finish it first" in capsys.readouterr().err
+    ledger.append(record(2, "panet", 0.3))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from nasfpn.search.lock import FolderLock; "
+                               "lock = FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["confirm", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "in use by another nasfpn driver" in err
+        assert main(["search", "--resume", str(tmp_path)]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    with FolderLock(tmp_path):  # the killed holder's lock is stale: taken over
+        pass
+
+
+def test_resume_with_failure_reward_asks_lost_trials_again_and_records_nothing_for_them(tmp_path):
+    """In flight when the driver died is not a failure, whatever ``failure_reward`` says."""
+    import torch
+
+    from nasfpn.controllers import make_controller
+    from nasfpn.search.driver import _restore_controller
+    from nasfpn.space import load_space
+
+    spec = {"controller": "random", "failure_reward": 0.0}
+    space = load_space("wide")
+    controller = make_controller(space, spec, seed=0)
+    (_, done), (_, lost) = controller.ask(), controller.ask()
+    torch.save(controller.state_dict(), tmp_path / "controller.pt")  # the driver's last save: both in flight
+    ledger = Ledger(tmp_path / "ledger.jsonl")  # one finished after that save, then the kill
+    ledger.append(record(1, None, 0.25, genotype=done, stage="search"))
+    resumed = make_controller(space, spec, seed=0)
+    _restore_controller(resumed, tmp_path / "controller.pt", ledger, resume=True)
+    assert resumed.known_reward(done.hash()) == 0.25        # what finished is learnt
+    assert resumed.known_reward(lost.hash()) is None        # nothing recorded for the lost one ...
+    assert resumed.num_pending == 0 and resumed.stats["failures"] == 0
+    _, again = resumed.ask()
+    assert again.hash() == lost.hash()                      # ... and it comes back first
+    _, new = resumed.ask()
+    assert new.hash() not in (done.hash(), lost.hash())     # the finished one is not asked again
+
+
+@pytest.mark.ray
+def test_confirm_extends_a_finished_search_and_resumes_after_sigkill_without_paying_twice(tmp_path, cache):
+    config = {**TINY, "search": {"trials": 5, "concurrent": 2}, "scheduler": {"name": "none"},
+              "confirm": {"seeds": 0}}
+    out = tmp_path / "exp"
+    finish(start_search(config, out, cache))
+    assert [e["stage"] for e in entries(out)].count("confirm") == 0
+    env = {**os.environ, "NASFPN_CACHE": str(cache)}
+    command = [sys.executable, "-m", "nasfpn.cli", "confirm", str(out), "--top", "1", "--seeds", "2"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    assert wait_for(lambda: [e["stage"] for e in entries(out)].count("confirm") >= 2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = (out / "ledger.jsonl").read_text().splitlines()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = (out / "ledger.jsonl").read_text().splitlines()
+    assert after[:len(before)] == before
+    confirm = [e for e in entries(out) if e["stage"] == "confirm"]
+    keys = [(e["trained_hash"], e["seed"], e["recipe"]) for e in confirm]
+    assert len(keys) == len(set(keys)) == (4 + 1) * 2      # 4 baselines + the top cell, 2 seeds, each once
+    assert all(e["recipe"] == "confirm(steps=60)" and e["status"] == "ok" for e in confirm)
+    board = (out / "leaderboard.md").read_text()
+    assert "## Confirmed ranking" in board and "paired seeds" in board
+    assert yaml.safe_load((out / "config.yaml").read_text())["confirm"]["seeds"] == 2

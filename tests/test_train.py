@@ -166,7 +166,8 @@ def test_mixed_precision_keeps_anchors_and_loss_in_float32(task):
 
 
 def test_the_warm_up_is_cached_by_what_changes_it(splits, tmp_path):
-    """Reused when only the repeat cap differs (the warm-up's FPN is one cell), redone for another lr."""
+    """Reused when only the repeat cap or the proxy seed differs (the warm-up's FPN is one cell and
+    has its own seed), redone for another lr or warm-up seed."""
     from nasfpn.task import BackboneConfig, warmup_backbone
 
     train, val, _ = splits
@@ -175,6 +176,10 @@ def test_the_warm_up_is_cached_by_what_changes_it(splits, tmp_path):
     written = first.stat().st_mtime_ns
     again = warmup_backbone(train, val, backbone, dataclasses.replace(TINY, max_repeats=1, threads=1), tmp_path)
     assert again == first and first.stat().st_mtime_ns == written
+    # A proxy seed (confirmation, `nasfpn train --seed 1`) varies the proxy, never the backbone.
+    assert warmup_backbone(train, val, backbone, dataclasses.replace(TINY, seed=1), tmp_path) == first
+    reseeded = warmup_backbone(train, val, dataclasses.replace(backbone, warmup_seed=1), TINY, tmp_path)
+    assert reseeded != first and reseeded.is_file()
     other = warmup_backbone(train, val, dataclasses.replace(backbone, warmup_lr=5e-4), TINY, tmp_path)
     assert other != first and other.is_file()
 

@@ -26,13 +26,17 @@ from .records import SEARCH, Candidate, TrialRecord
 # a trial's own, and evaluations along the way change nothing.
 NOT_RECIPE = ("seed", "eval_every", "report_every", "threads")
 SAME_AS_PROXY = "proxy"
+# The default confirmation trains 1.5x the proxy's steps: longer than the search, as every NAS
+# paper re-trains its finalists, yet 6 necks x 3 seeds fit the quickstart's ~20 minutes on 2 cores
+# (measured: see the README). A user with time sets confirm.steps (and width, image_size, repeats).
+CONFIRM_STEPS_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
 class ConfirmConfig:
     """The confirmation stage: ``top_k`` searched cells and the baselines, ``seeds`` proxy seeds
-    each (0 turns confirmation off), under the proxy recipe with ``steps`` (default: twice the
-    proxy's), and optionally a larger ``width``, ``image_size`` or ``max_repeats`` (``proxy``:
+    each (0 turns confirmation off), under the proxy recipe with ``steps`` (default: 1.5 times
+    the proxy's), and optionally a larger ``width``, ``image_size`` or ``max_repeats`` (``proxy``:
     the proxy's cap; ``null``: every neck's own repeats)."""
     top_k: int = 2
     seeds: int = 3
@@ -61,7 +65,7 @@ class ConfirmConfig:
 
 def confirm_proxy(proxy: ProxyConfig, confirm: ConfirmConfig) -> ProxyConfig:
     """The proxy recipe of the confirmation (no evaluations along the way: nothing stops it)."""
-    changes: Dict[str, Any] = {"steps": confirm.steps or 2 * proxy.steps, "eval_every": 0}
+    changes: Dict[str, Any] = {"steps": confirm.steps or round(CONFIRM_STEPS_FACTOR * proxy.steps), "eval_every": 0}
     for name in ("width", "image_size"):
         if getattr(confirm, name) is not None:
             changes[name] = getattr(confirm, name)

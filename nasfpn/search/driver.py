@@ -54,7 +54,10 @@ def run_search(config: Optional[SearchConfig], out: str | Path, *, resume: bool 
     if resume or confirm_only:
         if not (out / "config.yaml").is_file() or not (out / "ledger.jsonl").is_file():
             raise ValueError(f"{out}: not an experiment folder (no config.yaml and ledger.jsonl)")
-        config = search_config(read_yaml(out / "config.yaml"))
+        saved = read_yaml(out / "config.yaml", "the search's configuration") or {}
+        if isinstance(saved.get("search"), dict):
+            saved["search"].pop("dedupe", None)  # written by searches before it went (it did nothing)
+        config = search_config(saved)
         if confirm:
             config = dataclasses.replace(config, confirm=search_config({"confirm": {
                 **dataclasses.asdict(config.confirm), **confirm}}).confirm)

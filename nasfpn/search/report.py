@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..fsio import atomic_write_text, read_json
-from ..genotype import Genotype, save_genotype
+from ..genotype import save_genotype
 from .confirm import confirmed_table
 from .leaderboard import leaderboard
 from .ledger import Ledger

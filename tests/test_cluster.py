@@ -1,0 +1,190 @@
+"""A search on a multi-node Ray cluster (``ray.cluster_utils.Cluster`` on this machine): trials
+land on both worker nodes, and a worker node lost mid-trial costs a retry elsewhere, not a failed
+trial, a hang, or a trial trained twice.
+
+The cluster runs in a helper process (Ray's global state and environment stay out of pytest's),
+with token authentication and one token shared with the driver, as a real cluster would have;
+its temp folder and HOME are private, so nothing is written to /tmp/ray or ~/.ray."""
+import json
+import os
+import queue
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+# The helper: a head with no CPU (trials must go to the workers) and two 1-CPU worker nodes.
+# It prints the cluster as one JSON line, then obeys "remove NODE_ID" and "stop" on stdin.
+CLUSTER = r"""
+import json, sys
+from ray.cluster_utils import Cluster
+
+cluster = Cluster(initialize_head=True, connect=False,
+                  head_node_args={"num_cpus": 0, "include_dashboard": False})
+workers = {}
+try:
+    for _ in range(2):
+        node = cluster.add_node(num_cpus=1)
+        workers[node.node_id] = node
+    cluster.wait_for_nodes(timeout=120)
+    print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id, "workers": list(workers)}),
+          flush=True)
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        if command == "remove":
+            cluster.remove_node(workers.pop(arg), allow_graceful=False)
+            print("removed", flush=True)
+        elif command == "stop":
+            break
+finally:
+    cluster.shutdown()
+    print("stopped", flush=True)
+"""
+
+BUDGET = 6
+CONFIG = {
+    "data": {"synthetic_images": 24},
+    "backbone": {"warmup_steps": 2},
+    # two evaluations: a trial reports its node halfway, and then runs as long again
+    "proxy": {"image_size": 128, "width": 8, "head_depth": 1, "steps": 400, "batch_size": 4, "eval_every": 200,
+              "warmup_steps": 2},
+    "space": "wide",
+    "controller": "evolution",
+    "search": {"trials": BUDGET, "concurrent": 2, "retries": 2},
+    "scheduler": {"name": "none"},
+    "resources": {"cpus_per_trial": 1},
+    "confirm": {"seeds": 0},
+}
+
+
+class Helper:
+    """The cluster's process, read line by line with timeouts."""
+
+    def __init__(self, env: dict, log: Path):
+        self.log = log.open("w")
+        self.process = subprocess.Popen([sys.executable, "-c", CLUSTER], env=env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line.strip())
+
+    def line(self, timeout: float) -> str:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"the cluster helper said nothing within {timeout:g} s; its log:\n"
+                                 f"{Path(self.log.name).read_text()[-3000:]}") from None
+
+    def send(self, command: str) -> None:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        try:
+            if self.process.poll() is None:
+                self.send("stop")
+                self.process.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self.log.close()
+
+
+def ledger(out: Path) -> list:
+    path = out / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def results(out: Path) -> dict:
+    """Tune trial id -> the results the driver has received (``result.json``, one JSON a line)."""
+    found = {}
+    for path in (out / "tune").glob("run-*/trial-*/result.json"):
+        lines = []
+        for line in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:  # a line being written
+                break
+        found[path.parent.name] = lines
+    return found
+
+
+@pytest.mark.ray
+def test_a_search_spreads_over_worker_nodes_and_survives_losing_one(tmp_path):
+    short = Path(tempfile.mkdtemp(prefix="nasfpn-rc-", dir="/tmp"))  # Ray's socket paths must stay short
+    home = tmp_path / "home"
+    home.mkdir()
+    token = secrets.token_hex(16)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_TMPDIR": str(short),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    helper = Helper({**env, "HOME": str(home)}, tmp_path / "cluster.log")
+    driver = None
+    output = tmp_path / "driver.log"
+
+    def said() -> str:
+        return output.read_text()[-6000:] if output.is_file() else ""
+
+    try:
+        cluster = json.loads(helper.line(timeout=180))
+        a, b = cluster["workers"]
+        out = tmp_path / "exp"
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(CONFIG))
+        with output.open("w") as sink:
+            driver = subprocess.Popen([sys.executable, "-m", "nasfpn.cli", "search", "--config", str(config), "--out",
+                                       str(out), "--address", cluster["address"]],
+                                      env={**env, "NASFPN_CACHE": str(tmp_path / "cache")}, stdout=sink,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+        # Node B finishes a trial, then is lost halfway through its next one (it has reported its
+        # first evaluation and not its last).
+        deadline = time.time() + 300
+        victim = None
+        while victim is None:
+            assert driver.poll() is None, f"the driver ended before node B was removed:\n{said()}"
+            assert time.time() < deadline, f"no second trial ran on node B within 300 s:\n{said()}"
+            if any(e["node"] == b for e in ledger(out)):
+                victim = next((name for name, lines in results(out).items()
+                               if lines and lines[-1].get("node") == b and not lines[-1].get("final")), None)
+            time.sleep(0.2)
+        helper.send(f"remove {b}")
+        assert helper.line(timeout=120) == "removed"
+
+        try:
+            driver.wait(timeout=420)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the driver hung after node B was removed:\n{said()}") from None
+        assert driver.returncode == 0, said()
+
+        rows = ledger(out)
+        assert len(rows) == BUDGET, f"{len(rows)} ledger lines for a budget of {BUDGET}:\n{said()}"
+        assert all(e["status"] == "ok" for e in rows), [(e["status"], e["error"]) for e in rows]
+        nodes = {e["node"] for e in rows}
+        assert nodes == {a, b}, f"trials ran on {nodes}, the worker nodes are {a} (A) and {b} (B)"
+        assert cluster["head"] not in nodes
+        victim_hash = results(out)[victim][0]["config"]["hash"]
+        retried = [e for e in rows if e["hash"] == victim_hash and not e["answered_from_ledger"]]
+        assert len(retried) == 1, f"the trial lost with node B ({victim}) is not in the ledger once:\n{said()}"
+        assert retried[0]["attempts"] >= 2 and retried[0]["node"] == a, retried[0]
+        trained = [(e["trained_hash"], e["seed"], e["recipe"]) for e in rows if not e["answered_from_ledger"]]
+        assert len(trained) == len(set(trained)), "a neck was trained twice"
+    finally:
+        if driver is not None and driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+        helper.close()
+        subprocess.run(["rm", "-rf", str(short)], check=False)
