@@ -1,7 +1,11 @@
 """Drawing the reference necks: files are written in the right format, with the right labels."""
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from nasfpn import Node, load_genotype
 from nasfpn.draw import draw_genotype
@@ -14,9 +18,22 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_png(name, tmp_path):
     path = draw_genotype(load_genotype(name), tmp_path / "deep" / "dir" / f"{name}.png")
     assert path == tmp_path / "deep" / "dir" / f"{name}.png"
-    data = path.read_bytes()
-    assert data.startswith(PNG_MAGIC)
-    assert len(data) > 10_000
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    image = np.asarray(Image.open(path).convert("L"))
+    ink = image < 128                            # boxes, arrows, labels
+    assert 0.005 < ink.mean() < 0.5, "a drawing, not a blank or a filled image"
+    rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
+    assert rows.max() - rows.min() > image.shape[0] / 2 and cols.max() - cols.min() > image.shape[1] / 2
+    # The PNG is the same figure as the SVG (which test_svg checks label by label): same aspect.
+    svg = draw_genotype(load_genotype(name), tmp_path / f"{name}.svg").read_text()
+    width, height = (float(v.rstrip("pt")) for v in re.search(r'width="([\d.]+pt)" height="([\d.]+pt)"', svg).groups())
+    assert image.shape[1] / image.shape[0] == pytest.approx(width / height, rel=0.02)
+
+
+def test_a_bigger_cell_makes_a_bigger_drawing(tmp_path):
+    fpn = Image.open(draw_genotype(load_genotype("fpn"), tmp_path / "fpn.png")).size
+    nasfpn = Image.open(draw_genotype(load_genotype("nasfpn"), tmp_path / "nasfpn.png")).size
+    assert nasfpn[0] * nasfpn[1] > fpn[0] * fpn[1]
 
 
 @pytest.mark.parametrize("name", REFERENCES)

@@ -3,7 +3,7 @@ import random
 import pytest
 import yaml
 
-from nasfpn import Node, load_genotype
+from nasfpn import Genotype, Node, load_genotype
 from nasfpn.space import SearchSpace, SpaceError, load_space, space_from_dict, space_names
 from test_genotype import nasfpn_blocks
 
@@ -37,9 +37,24 @@ def test_paper_space_contains_the_paper_cell():
 
 
 def test_paper_space_reorders_outputs_last():
-    blocks = nasfpn_blocks()
-    # Moving an output block before an independent non-output one is another spelling.
-    assert load_space("nasfpn").contains(blocks)
+    """An output block written before an independent non-output one is another spelling of the
+    same cell: the paper's space (outputs last) takes it and encodes it as the canonical order."""
+    paper = load_space("nasfpn")
+    data = nasfpn_blocks().to_dict()
+    nodes = [dict(n) for n in data["nodes"]]
+    nodes[2]["inputs"] = ["P3", "n0"]           # the P3 output no longer reads n1 ...
+    in_order = Genotype.from_dict({**data, "nodes": nodes})
+    assert paper.contains(in_order)
+    # ... so it may be written before n1: swap n1 and n2 and rename every reference.
+    rename = {"n1": "n2", "n2": "n1"}
+    swapped = [nodes[0], nodes[2], nodes[1]] + nodes[3:]
+    swapped = [{**n, "inputs": [rename.get(x, x) for x in n["inputs"]]} for n in swapped]
+    outputs = {level: rename.get(name, name) for level, name in data["outputs"].items()}
+    reordered = Genotype.from_dict({**data, "nodes": swapped, "outputs": outputs})
+    assert reordered.nodes != in_order.nodes and reordered.outputs != in_order.outputs
+    assert reordered.hash() == in_order.hash()
+    assert paper.contains(reordered)
+    assert paper.encode(reordered) == paper.encode(in_order)
 
 
 @pytest.mark.parametrize("name", ["nasfpn", "wide"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -52,8 +53,10 @@ def run_search(config: Optional[SearchConfig], out: str | Path, *, resume: bool 
     """
     out = Path(out).resolve()
     if resume or confirm_only:
-        if not (out / "config.yaml").is_file() or not (out / "ledger.jsonl").is_file():
-            raise ValueError(f"{out}: not an experiment folder (no config.yaml and ledger.jsonl)")
+        needed = ["config.yaml"] + (["ledger.jsonl"] if confirm_only else [])
+        missing = [name for name in needed if not (out / name).is_file()]
+        if missing:
+            raise ValueError(f"{out}: not an experiment folder (no {' and no '.join(missing)})")
         saved = read_yaml(out / "config.yaml", "the search's configuration") or {}
         if isinstance(saved.get("search"), dict):
             saved["search"].pop("dedupe", None)  # written by searches before it went (it did nothing)
@@ -67,9 +70,16 @@ def run_search(config: Optional[SearchConfig], out: str | Path, *, resume: bool 
     space = load_space(config.space)          # bad names fail here, before anything is written
     controller = _controller(config, space)
     check_address(config.ray.address)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out):
-        return _run_locked(config, out, space, controller, resume=resume, confirm_only=confirm_only, verbose=verbose)
+    try:
+        with FolderLock(out):
+            return _run_locked(config, out, space, controller, resume=resume, confirm_only=confirm_only,
+                               verbose=verbose)
+    except BaseException:
+        if created and not (out / "ledger.jsonl").exists():  # a search that never started leaves no folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: bool, confirm_only: bool,
@@ -79,7 +89,7 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
     fresh = not resume and not confirm_only
     if fresh and (out / "ledger.jsonl").exists():  # another driver got here first
         raise ValueError(f"{out} already holds a search; resume it with --resume {out} or pick another --out")
-    if fresh or confirm_only:
+    if confirm_only:
         atomic_write_text(out / "config.yaml", _yaml(config))
     proxy = config.proxy
     ledger = Ledger(out / "ledger.jsonl", default_seed=proxy.seed)
@@ -103,6 +113,8 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
         confirm_task = task if confirm_recipe.image_size == proxy.image_size else \
             prepare_task(config.data, backbone, confirm_recipe)
         recipes[recipe] = {"task": confirm_task.spec, "proxy": _plain_proxy(confirm_recipe)}
+    if fresh:  # only once the data and backbone are known to work
+        atomic_write_text(out / "config.yaml", _yaml(config))
     meta = _experiment(out, config, task, recipe, confirm_recipe)
     log.warning("prepared in %.0f s: %d train / %d val images, backbone weights %s", time.time() - started,
                 len(task.train), len(task.val), task.backbone_weights)
