@@ -158,8 +158,8 @@ def flag_values(args: argparse.Namespace) -> dict:
     :func:`nasfpn.search.config.merge_flags`)."""
     from .search.config import FLAG_KEYS, SWITCHES
 
-    names = (*FLAG_KEYS, *SWITCHES, "space", "controller")
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    names = (*FLAG_KEYS, *SWITCHES, "space", "controller")  # cache_dir among them
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) not in (None, False)}
 
 
 def _channels(text: str, levels: Sequence[int]) -> dict[int, int]:
@@ -245,7 +245,7 @@ def _train(args: argparse.Namespace) -> None:
     if "eval_every" not in (config.get("proxy") or {}):
         proxy = dataclasses.replace(proxy, eval_every=0)  # the search evaluates along the way for ASHA; train need not
     genotype = load_genotype(args.genotype)
-    task = prepare_task(data, backbone, proxy, cache_root=args.cache_dir)
+    task = prepare_task(data, backbone, proxy)
     result = train_proxy(genotype, task, proxy, report=lambda r: log.info("step %(step)d loss %(loss).4f", r))
     print(f"genotype  {genotype.name or args.genotype} ({genotype.hash()[:12]})")
     print(f"backbone  {backbone.name}, weights {task.backbone_weights}, "
@@ -264,15 +264,17 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    import os
     import time
 
     from .search.config import load_search_config, merge_flags, search_config
     from .search.driver import run_search
 
-    if args.cache_dir:
-        os.environ["NASFPN_CACHE"] = str(args.cache_dir.resolve())
     if args.resume is not None:
+        given = sorted(f"--{name.replace('_', '-')}" for name in flag_values(args)) + \
+            [flag for flag, value in (("--config", args.config), ("--out", args.out)) if value is not None]
+        if given:
+            raise UsageError(f"--resume takes everything from {args.resume / 'config.yaml'}; drop {', '.join(given)} "
+                             f"(to extend the confirmation: nasfpn confirm {args.resume} --top/--seeds/--steps)")
         print(f"wrote {run_search(None, args.resume, resume=True, verbose=args.verbose)}")
         return
     data = load_search_config(args.config) if args.config else {}

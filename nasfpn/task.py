@@ -38,6 +38,9 @@ class DataConfig:
     split_seed: int = 0
     synthetic_images: int = 800
     synthetic_seed: int = 0
+    # Where the built-in data, the backbone warm-up and the feature caches live (default
+    # $NASFPN_CACHE or ~/.cache/nasfpn); a search saves it resolved, so its resume finds them.
+    cache_dir: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig,
     """Datasets, backbone (warmed up if needed) and feature caches, once per search."""
     from .data import DetectionDataset, split_ids, synthetic_dataset
 
-    root = Path(cache_root) if cache_root else default_cache_root()
+    root = Path(cache_root or data.cache_dir or default_cache_root())
     if data.annotations is None:
         annotations, images = synthetic_dataset(root, num_images=data.synthetic_images, seed=data.synthetic_seed)
     else:

@@ -6,8 +6,8 @@
 A tiny search (the built-in data as TINY in tests/test_search.py; confirmation: top_k 1, 2
 seeds) runs in its own session; ``--kills`` times the whole session is SIGKILLed (the driver's
 group, then Ray workers, which make groups of their own) and restarted with ``nasfpn search
---resume DIR`` (afresh if the kill came before the ledger existed: ``--resume`` refuses a folder
-without one), until a run exits by itself after the last kill. The moments are drawn from
+--resume DIR`` (afresh if the kill came before config.yaml, written once the task is prepared:
+``--resume`` refuses a folder without it), until a run exits by itself after the last kill. The moments are drawn from
 ``--seed``, so a failure replays; each block of three kills has each kind once, in random order:
 ``launch`` (0.5-20 s after the launch: imports, task preparation, Ray start-up, maybe a trial),
 ``in-trial`` (0-4 s after a Ray trial process appears: training, search or confirmation),
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     kills = fresh_restarts = torn = 0
     final_rc: int | None = None
     for run in range(1, args.kills + 2):
-        fresh = not (exp / "ledger.jsonl").is_file()
+        fresh = not (exp / "config.yaml").is_file()
         fresh_restarts += fresh and run > 1
         cmd = base + (["--config", str(root / "soak.yaml"), "--out", str(exp)] if fresh else ["--resume", str(exp)])
         if kills < args.kills and not modes:

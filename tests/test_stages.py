@@ -237,3 +237,68 @@ def test_the_search_package_has_no_import_circle_and_ray_stays_in_its_files():
     code = "import sys\n" + "".join(f"import nasfpn.search.{m}\n" for m in ray_free) + "print('ray' in sys.modules)"
     done_run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done_run.stdout.strip() == "False", done_run.stderr
+
+
+def test_seeds_resume_mid_group_trains_only_the_missing_seeds(tmp_path):
+    """A kill after 1 of 3 seeds: the resumed controller does not take that one seed for the
+    neck's reward, asks the neck again, and only the two missing seeds are trained."""
+    from nasfpn.search.driver import _restore_controller
+
+    space = load_space("wide")
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    controller = make_controller(space, "random", seed=4)
+    pipeline = Pipeline([Seeds(ControllerStage(controller, PROXY, {}), [0, 1, 2], ledger)], ledger, budget=6)
+    first = pipeline.ask()
+    pipeline.ask()                                       # seed 1 in flight too
+    ap = fake_ap(first)
+    pipeline.finish(first, TrialRecord.finished(1, first, "ok", {"ap": ap, "reward": ap}))
+    state = controller.state_dict()                      # saved after that record; then the kill
+    import torch
+    torch.save(state, tmp_path / "controller.pt")
+    resumed_ledger = Ledger(tmp_path / "ledger.jsonl")
+    resumed = make_controller(space, "random", seed=4)
+    _restore_controller(resumed, tmp_path / "controller.pt", resumed_ledger, seeds=3)
+    assert resumed.known_reward(first.hash) is None      # one seed of three is not the neck's reward
+    again = Pipeline([Seeds(ControllerStage(resumed, PROXY, {}), [0, 1, 2], resumed_ledger)], resumed_ledger,
+                     budget=6)
+    trained = run(again)
+    assert [(c.hash == first.hash, c.seed) for c in trained[:2]] == [(True, 1), (True, 2)]
+    assert len(resumed_ledger) == 6 and len({r.key for r in resumed_ledger}) == 6
+    aps = [fake_ap(dataclasses.replace(first, seed=s)) for s in (0, 1, 2)]
+    assert resumed.known_reward(first.hash) == pytest.approx(sum(aps) / 3)
+
+
+def test_resume_without_controller_state_learns_the_ledger(tmp_path):
+    """No controller.pt (removed, or a kill before the first save): the ledger still teaches the
+    controller, so it does not spend the budget re-proposing what is done."""
+    from nasfpn.search.driver import _restore_controller
+
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    controller = make_controller(load_space("wide"), "random", seed=5)
+    run(search_pipeline(ledger, controller, budget=5))
+    fresh = make_controller(load_space("wide"), "random", seed=5)
+    _restore_controller(fresh, tmp_path / "controller.pt", ledger)
+    assert all(fresh.known_reward(r.candidate.hash) == pytest.approx(r.reward) for r in ledger)
+    trained = run(search_pipeline(ledger, fresh, budget=8))
+    assert len(trained) == 3 and not any(r.answered_from_ledger for r in ledger)
+
+
+def test_candidates_waiting_for_an_in_flight_neck_count_towards_the_budget(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    fpn = baseline_candidates(["fpn"])[0]
+    wide = load_space("wide")
+    twin = Candidate.of(wide.decode(wide.encode(fpn.genotype.replace(width=PROXY.width))), PROXY, seed=0)
+    assert twin.key == fpn.key and twin.hash != fpn.hash
+
+    class Twins(Stage):
+        finished = False
+
+        def ask(self):
+            return twin
+
+    pipeline = Pipeline([Baselines([fpn], ledger), Twins()], ledger, budget=3)
+    flight = [pipeline.ask()]
+    assert pipeline.ask() is None                    # two twins wait for FPN: the budget of 3 is spoken for
+    assert len(pipeline._waiting[fpn.key]) == 2
+    pipeline.finish(flight[0], TrialRecord.finished(1, flight[0], "ok", {"ap": 0.3, "reward": 0.3}))
+    assert len(ledger) == 3 and pipeline.finished

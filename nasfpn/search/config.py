@@ -24,6 +24,19 @@ SECTIONS = ("data", "backbone", "proxy", "space", "controller", "search", "confi
 MAPPING_SECTIONS = ("data", "backbone", "proxy", "search", "confirm", "scheduler", "resources", "ray", "reward")
 
 
+def check_number(where: str, value: Any, *, integer: bool = False, low: float | None = None,
+                 above: float | None = None, optional: bool = False) -> None:
+    """One line naming the key when ``value`` is not a number of the right kind and range."""
+    if value is None and optional:
+        return
+    kinds = (int,) if integer else (int, float)
+    wanted = ("an integer" if integer else "a number") + (f" >= {low:g}" if low is not None else "") + \
+        (f" > {above:g}" if above is not None else "") + (" or null" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, kinds) or (low is not None and value < low) or \
+            (above is not None and value <= above):
+        raise ValueError(f"{where}: must be {wanted}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class BudgetConfig:
     """How many trials before confirmation (baselines included), how many at once, how many
@@ -36,14 +49,14 @@ class BudgetConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.trials, int) or self.trials < 1:
-            raise ValueError(f"search.trials: must be a positive integer, got {self.trials!r}")
-        if not isinstance(self.concurrent, int) or self.concurrent < 1:
-            raise ValueError(f"search.concurrent: must be a positive integer, got {self.concurrent!r}")
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
-            raise ValueError(f"search.seeds: must be a positive integer, got {self.seeds!r}")
-        if not isinstance(self.retries, int) or self.retries < 0:
-            raise ValueError(f"search.retries: must be 0 or more, got {self.retries!r}")
+        for name, low in (("trials", 1), ("concurrent", 1), ("seeds", 1), ("retries", 0), ("seed", 0)):
+            check_number(f"search.{name}", getattr(self, name), integer=True, low=low)
+        if not isinstance(self.baselines, tuple) or not all(isinstance(b, str) for b in self.baselines):
+            raise ValueError(f"search.baselines: a list of reference names, got {self.baselines!r}")
+        searched = self.trials - len(self.baselines)
+        if self.seeds > 1 and searched % self.seeds:
+            raise ValueError(f"search.trials: with search.seeds {self.seeds} the {searched} trials after the "
+                             f"{len(self.baselines)} baselines must be a multiple of {self.seeds}")
 
 
 @dataclass(frozen=True)
@@ -57,8 +70,8 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         if self.name not in ("asha", "none"):
             raise ValueError(f"scheduler.name: 'asha' or 'none', got {self.name!r}")
-        if self.grace_evals < 1 or self.reduction_factor < 2:
-            raise ValueError("scheduler: grace_evals must be >= 1 and reduction_factor >= 2")
+        check_number("scheduler.grace_evals", self.grace_evals, integer=True, low=1)
+        check_number("scheduler.reduction_factor", self.reduction_factor, integer=True, low=2)
 
 
 @dataclass(frozen=True)
@@ -68,8 +81,8 @@ class ResourcesConfig:
     gpus_per_trial: float = 0
 
     def __post_init__(self) -> None:
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            raise ValueError("resources: cpus_per_trial must be > 0 and gpus_per_trial >= 0")
+        check_number("resources.cpus_per_trial", self.cpus_per_trial, above=0)
+        check_number("resources.gpus_per_trial", self.gpus_per_trial, low=0)
 
 
 @dataclass(frozen=True)
@@ -78,12 +91,21 @@ class RayConfig:
     address: Optional[str] = None
     num_cpus: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        if self.address is not None and not isinstance(self.address, str):
+            raise ValueError(f"ray.address: null, auto or HOST:PORT, got {self.address!r}")
+        check_number("ray.num_cpus", self.num_cpus, integer=True, low=1, optional=True)
+
 
 @dataclass(frozen=True)
 class RewardConfig:
     """MnasNet's cost-aware reward, off by default: ``ap * (macs / target_macs) ** weight``."""
     target_macs: Optional[float] = None
     weight: float = -0.07
+
+    def __post_init__(self) -> None:
+        check_number("reward.target_macs", self.target_macs, above=0, optional=True)
+        check_number("reward.weight", self.weight)
 
 
 @dataclass(frozen=True)
@@ -124,10 +146,12 @@ def search_config(mapping: Mapping[str, Any] | None = None, /, **overrides: Any)
             raise ValueError(f"{key}: must be a mapping, got {data[key]!r}")
     proxy = {"eval_every": 200, **(data.get("proxy") or {})}
     search = dict(data.get("search") or {})
-    if "baselines" in search:
+    if isinstance(search.get("baselines"), (list, tuple)) or search.get("baselines", ()) is None:
         search["baselines"] = tuple(search["baselines"] or ())
     if not isinstance(data.get("space", "wide"), str):
         raise ValueError(f"space: a space name or YAML path, got {data['space']!r}")
+    if not isinstance(data.get("controller", "ppo"), (str, Mapping)):
+        raise ValueError(f"controller: a controller name, a YAML path or a mapping, got {data['controller']!r}")
     return SearchConfig(
         data=section(DataConfig, data.get("data"), "data"),
         backbone=section(BackboneConfig, data.get("backbone"), "backbone"),
@@ -174,7 +198,7 @@ FLAG_KEYS = {
     "steps": ("proxy", "steps"), "batch_size": ("proxy", "batch_size"), "image_size": ("proxy", "image_size"),
     "width": ("proxy", "width"), "seed": ("proxy", "seed"), "threads": ("proxy", "threads"),
     "trials": ("search", "trials"), "concurrent": ("search", "concurrent"),
-    "address": ("ray", "address"),
+    "address": ("ray", "address"), "cache_dir": ("data", "cache_dir"),
     "top": ("confirm", "top_k"), "confirm_seeds": ("confirm", "seeds"), "confirm_steps": ("confirm", "steps"),
 }
 SWITCHES = {  # flags that set a fixed value when on
@@ -198,7 +222,7 @@ def merge_flags(data: Mapping[str, Any] | None, **flags: Any) -> dict:
             where, key, value = SWITCHES[flag]
         elif flag in FLAG_KEYS:
             where, key = FLAG_KEYS[flag]
-            value = str(value) if isinstance(value, Path) else value
+            value = str(value.expanduser().resolve()) if isinstance(value, Path) else value
             if flag == "return_nodes" and isinstance(value, str):
                 value = value.split(",")
         else:

@@ -114,7 +114,7 @@ class ConfirmedNeck:
     label: str
     baseline: Optional[str]
     records: List[TrialRecord]
-    proxy_reward: Optional[float] = None  # its search-recipe reward (one seed), for Kendall's tau
+    proxy: Optional[TrialRecord] = None  # its one-seed search-stage record, for Kendall's tau
 
     @property
     def by_seed(self) -> Dict[int, float]:
@@ -124,29 +124,35 @@ class ConfirmedNeck:
     def summary(self) -> Dict[str, float]:
         return stats.summary(self.by_seed.values())
 
+    def mean_without_proxy(self) -> float:
+        """The confirmed mean over the seeds that are not the proxy's own run (when the
+        confirmation recipe is the search's, that run is one of its seeds)."""
+        others = [r.ap for r in self.records if self.proxy is None or r.key != self.proxy.key]
+        return sum(others) / len(others) if others else float("nan")
+
 
 def confirmed_table(ledger: Ledger, recipe: str) -> Tuple[List[ConfirmedNeck], Dict[str, Any]]:
-    """The necks confirmed under ``recipe`` (best mean first) and the verdict figures: the best
-    baseline, each neck's paired difference to it, the pooled seed std of the baselines, the
-    difference the seeds can resolve, Kendall's tau of the proxy ranking against the confirmed
-    one."""
+    """The necks the confirmation trained under ``recipe`` (best mean first) and the verdict
+    figures: the best baseline, each neck's paired difference to it, the pooled seed std of the
+    baselines, the difference their seeds can resolve, the seeds used, and Kendall's tau of the
+    one-seed proxy AP against the confirmed mean (over the other seeds)."""
+    planned = {r.candidate.trained_hash for r in ledger if r.candidate.stage == "confirm" and r.candidate.recipe == recipe}
     necks: Dict[str, ConfirmedNeck] = {}
+    proxy: Dict[str, TrialRecord] = {}
     for record in ledger:
         c = record.candidate
-        if c.recipe != recipe or record.status != "ok" or c.stage not in ("confirm", "baseline", SEARCH):
+        if c.trained_hash not in planned or record.status != "ok":
+            continue
+        if c.stage != "confirm" and c.recipe == SEARCH:
+            proxy.setdefault(c.trained_hash, record)
+        if c.recipe != recipe:
             continue
         neck = necks.setdefault(c.trained_hash, ConfirmedNeck(c.trained_hash, c.label, c.baseline, []))
         neck.baseline = neck.baseline or c.baseline
         neck.label = c.baseline or neck.label
         neck.records = [r for r in neck.records if r.candidate.seed != c.seed] + [record]
-    if recipe == SEARCH:  # the proxy recipe confirmed: only necks trained under several seeds count
-        necks = {k: n for k, n in necks.items() if len(n.records) > 1}
-    proxy = {}
-    for record in ledger.of_recipe(SEARCH):
-        if record.status == "ok" and record.candidate.trained_hash in necks:
-            proxy.setdefault(record.candidate.trained_hash, record.reward)
     for neck in necks.values():
-        neck.proxy_reward = proxy.get(neck.trained_hash)
+        neck.proxy = proxy.get(neck.trained_hash)
     ranked = sorted(necks.values(), key=lambda n: n.summary["mean"], reverse=True)
     baselines = [n for n in ranked if n.baseline]
     figures: Dict[str, Any] = {"best_baseline": baselines[0] if baselines else None, "differences": {}}
@@ -155,12 +161,14 @@ def confirmed_table(ledger: Ledger, recipe: str) -> Tuple[List[ConfirmedNeck], D
             if neck is not baselines[0]:
                 figures["differences"][neck.trained_hash] = stats.paired_difference(neck.by_seed, baselines[0].by_seed)
     seed_std = stats.pooled_seed_std([list(n.by_seed.values()) for n in baselines])
-    seeds = max((len(n.records) for n in ranked), default=0)
+    seeds = min((len(n.records) for n in baselines), default=0)  # what the baselines' spread was measured on
     figures["seed_std"] = seed_std
     figures["seeds"] = seeds
+    figures["seed_list"] = sorted({seed for n in ranked for seed in n.by_seed})
     figures["resolvable"] = stats.resolvable_difference(seed_std, seeds) if seeds >= 2 and seed_std == seed_std \
         else float("nan")
-    pairs = [(n.proxy_reward, n.summary["mean"]) for n in ranked if n.proxy_reward is not None]
+    pairs = [(n.proxy.ap, n.mean_without_proxy()) for n in ranked if n.proxy is not None]
+    pairs = [(p, m) for p, m in pairs if m == m]
     figures["kendall_tau"] = stats.kendall_tau([p for p, _ in pairs], [m for _, m in pairs])
     figures["tau_necks"] = len(pairs)
     return ranked, figures

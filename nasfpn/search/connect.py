@@ -393,3 +393,17 @@ def is_loopback(ip: str) -> bool:
         return False
     mapped = getattr(parsed, "ipv4_mapped", None)
     return parsed.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def cluster_resources() -> dict:
+    """What the connected Ray has in all (``CPU``, ``GPU``, ...)."""
+    import ray
+
+    return ray.cluster_resources()
+
+
+def disconnect_ray() -> None:
+    """Leave the cluster, or stop the private Ray this driver started."""
+    import ray
+
+    ray.shutdown()

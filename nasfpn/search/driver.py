@@ -69,17 +69,21 @@ def run_search(config: Optional[SearchConfig], out: str | Path, *, resume: bool 
     assert config is not None
     space = load_space(config.space)          # bad names fail here, before anything is written
     controller = _controller(config, space)
+    for name in config.search.baselines:
+        load_genotype(name)
     check_address(config.ray.address)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out).acquire()  # refused: another driver's folder, left as it is
     try:
-        with FolderLock(out):
-            return _run_locked(config, out, space, controller, resume=resume, confirm_only=confirm_only,
-                               verbose=verbose)
+        return _run_locked(config, out, space, controller, resume=resume, confirm_only=confirm_only, verbose=verbose)
     except BaseException:
-        if created and not (out / "ledger.jsonl").exists():  # a search that never started leaves no folder
+        if created and not (out / "ledger.jsonl").exists():  # a search that could not start leaves no folder
+            lock.release()
             shutil.rmtree(out, ignore_errors=True)
         raise
+    finally:
+        lock.release()
 
 
 def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: bool, confirm_only: bool,
@@ -89,7 +93,8 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
     fresh = not resume and not confirm_only
     if fresh and (out / "ledger.jsonl").exists():  # another driver got here first
         raise ValueError(f"{out} already holds a search; resume it with --resume {out} or pick another --out")
-    if confirm_only:
+    if fresh:  # with every default resolved, so a resume trains what this driver would have
+        config = _resolved(config)
         atomic_write_text(out / "config.yaml", _yaml(config))
     proxy = config.proxy
     ledger = Ledger(out / "ledger.jsonl", default_seed=proxy.seed)
@@ -104,16 +109,16 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
                           for name in config.search.baselines}
 
     started = time.time()
-    task = prepare_task(config.data, config.backbone, proxy)
+    task = prepare_task(config.data, config.backbone, proxy, cache_root=config.data.cache_dir)
     recipes = {SEARCH: {"task": task.spec, "proxy": _plain_proxy(proxy)}}
     if config.confirm.enabled and recipe != SEARCH:
         # Another image size needs its own feature caches, of the search's one backbone.
         backbone = config.backbone if task.backbone_weights == "random" else \
             dataclasses.replace(config.backbone, weights=task.backbone_weights)
         confirm_task = task if confirm_recipe.image_size == proxy.image_size else \
-            prepare_task(config.data, backbone, confirm_recipe)
+            prepare_task(config.data, backbone, confirm_recipe, cache_root=config.data.cache_dir)
         recipes[recipe] = {"task": confirm_task.spec, "proxy": _plain_proxy(confirm_recipe)}
-    if fresh:  # only once the data and backbone are known to work
+    if confirm_only:  # the extended confirmation, once the task is known to work
         atomic_write_text(out / "config.yaml", _yaml(config))
     meta = _experiment(out, config, task, recipe, confirm_recipe)
     log.warning("prepared in %.0f s: %d train / %d val images, backbone weights %s", time.time() - started,
@@ -124,12 +129,12 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
               "or data.val_annotations more images", flush=True)
 
     state_path = out / "controller.pt"
-    if searched < budget:
-        _restore_controller(controller, state_path, ledger, resume)
+    if searched < budget and resume:
+        _restore_controller(controller, state_path, ledger, config.search.seeds)
     search_stage = ControllerStage(controller, proxy, {g.hash(): n for n, g in baseline_genotypes.items()})
     stages = [Baselines([Candidate.of(g, proxy, seed=proxy.seed, baseline=name, stage="baseline")
                          for name, g in baseline_genotypes.items()], ledger, controller),
-              Seeds(search_stage, [proxy.seed + i for i in range(config.search.seeds)])
+              Seeds(search_stage, [proxy.seed + i for i in range(config.search.seeds)], ledger)
               if config.search.seeds > 1 else search_stage]
     search = Pipeline(stages, ledger, budget=budget)
     # As written (not capped as the search proxy trains them): the confirmation may raise the cap.
@@ -161,6 +166,21 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
     return build_report(out)
 
 
+class SearchInterrupted(RuntimeError):
+    """The driver was asked to stop (Ctrl-C); every finished trial is in the ledger."""
+
+
+def _resolved(config: SearchConfig) -> SearchConfig:
+    """``config`` with the defaults that could change between versions or shells written out:
+    the cache folder (else ``$NASFPN_CACHE`` at resume time decides) and the confirmation's steps."""
+    from ..cache import default_cache_root
+
+    data = dataclasses.replace(config.data, cache_dir=str(Path(config.data.cache_dir or default_cache_root())
+                                                          .expanduser().resolve()))
+    confirm = dataclasses.replace(config.confirm, steps=confirm_proxy(config.proxy, config.confirm).steps)
+    return dataclasses.replace(config, data=data, confirm=confirm)
+
+
 @dataclass
 class Phase:
     """One Tune run of a search: a pipeline until it is finished. ``total`` and ``done``: the
@@ -181,9 +201,8 @@ def run_phases(config: SearchConfig, out: Path, recipes: Dict[str, Any], phases:
     the recipes' prepared tasks; ``meta`` (``experiment.json``) keeps the driver's wall time."""
     if not phases:
         return
-    from .connect import connect_ray, quiet_ray_loggers, ray_environment
+    from .connect import cluster_resources, connect_ray, disconnect_ray, quiet_ray_loggers, ray_environment
     ray_environment(verbose, config.ray.address)
-    import ray
     from .tune_run import LedgerCallback, run_phase
 
     quiet_ray_loggers(verbose)
@@ -191,7 +210,7 @@ def run_phases(config: SearchConfig, out: Path, recipes: Dict[str, Any], phases:
     session = time.time()
     before = (meta or {}).get("wall_seconds", 0.0)
     try:
-        _check_resources(ray.cluster_resources(), config)
+        _check_resources(cluster_resources(), config)
         setup = {"recipes": recipes, "cpus": config.resources.cpus_per_trial,
                  "reward": dataclasses.asdict(config.reward)}
         for phase in phases:
@@ -211,30 +230,36 @@ def run_phases(config: SearchConfig, out: Path, recipes: Dict[str, Any], phases:
             run_phase(phase.pipeline, callback, out=out, setup=setup, concurrent=config.search.concurrent,
                       retries=config.search.retries, cpus=config.resources.cpus_per_trial,
                       gpus=config.resources.gpus_per_trial, scheduler=phase.scheduler, verbose=verbose)
+            if not phase.pipeline.finished:  # Tune stops gracefully on Ctrl-C: so do we, with nothing lost
+                raise SearchInterrupted(f"interrupted during the {phase.name} phase ({phase.done()} of {total} "
+                                        f"trials done, all kept); continue with: nasfpn search --resume {out}")
     finally:
-        ray.shutdown()
+        disconnect_ray()
 
 
-def _restore_controller(controller, state_path: Path, ledger: Ledger, resume: bool) -> None:
-    """On resume: the controller's saved state; what finished after the save is recorded; a
-    trial that was in flight is forgotten (lost, not failed: no reward, not even
-    ``failure_reward``) and proposed again unless the ledger has it."""
-    if not (resume and state_path.is_file()):
-        return
-    try:
-        state = torch.load(state_path, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable state means the same to the user
-        raise ValueError(f"{state_path}: damaged controller state ({type(err).__name__}); remove it to restart "
-                         "the controller from the ledger alone") from None
-    controller.load_state_dict(state)
+def _restore_controller(controller, state_path: Path, ledger: Ledger, seeds: int = 1) -> None:
+    """On resume: the controller's saved state (if any); every neck the ledger finished that it
+    does not know is recorded (with ``seeds`` > 1, only necks with all their seeds, at the mean);
+    a trial that was in flight is forgotten (lost, not failed: no reward, not even
+    ``failure_reward``) and proposed again unless it is now known."""
+    state = None
+    if state_path.is_file():
+        try:
+            state = torch.load(state_path, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable state means the same to the user
+            raise ValueError(f"{state_path}: damaged controller state ({type(err).__name__}); remove it to "
+                             "restart the controller from the ledger alone") from None
+        controller.load_state_dict(state)
+    groups: Dict[str, List[TrialRecord]] = {}
     for record in ledger:
-        if record.candidate.stage == "confirm" or record.status == "failed":
-            continue
-        if controller.known_reward(record.candidate.hash) is None:
-            controller.record(record.candidate.genotype, record.reward)
-    for trial_id in list(state["pending"]):
-        known = controller.known_reward(state["pending"][trial_id]["hash"]) is not None
-        controller.forget(trial_id, ask_again=not known)
+        if record.candidate.stage != "confirm" and record.status != "failed":
+            groups.setdefault(record.candidate.hash, []).append(record)
+    for records in groups.values():
+        complete = len({r.candidate.seed for r in records}) >= seeds or records[0].candidate.stage == "baseline"
+        if complete and controller.known_reward(records[0].candidate.hash) is None:
+            controller.record(records[0].candidate.genotype, sum(r.reward for r in records) / len(records))
+    for trial_id, pending in (state or {}).get("pending", {}).items():
+        controller.forget(trial_id, ask_again=controller.known_reward(pending["hash"]) is None)
 
 
 def _controller(config: SearchConfig, space):

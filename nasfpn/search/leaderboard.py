@@ -34,8 +34,9 @@ def leaderboard(records: List[TrialRecord], meta: Dict[str, Any], confirmed: Lis
         lines += ["", f"Search recipe (the same for every neck): {meta['recipe']}."]
     confirm_meta = meta.get("confirm") or {}
     if confirmed:
-        lines += [f"Confirmation recipe: {confirm_meta.get('text', confirm_meta.get('recipe'))}, "
-                  f"{figures['seeds']} seeds (0..{figures['seeds'] - 1}) on the same backbone and features."]
+        seeds = ", ".join(str(seed) for seed in figures["seed_list"])
+        lines += [f"Confirmation recipe: {confirm_meta.get('text', confirm_meta.get('recipe'))}; proxy seeds {seeds}, "
+                  "on the same backbone and cached features."]
         lines += ["", "## Verdict", "", _verdict(confirmed, figures), "", _resolution(figures, meta)]
         lines += _confirmed_table(confirmed, figures)
     else:
@@ -76,8 +77,9 @@ def _resolution(figures: Dict[str, Any], meta: Dict[str, Any]) -> str:
             f"(pooled); with {seeds} seeds a difference smaller than about {_f(resolvable)} AP cannot be told from "
             "seed noise (95%).")
     if figures["tau_necks"] >= 3:
-        text += (f" The one-seed proxy ranking agrees with the confirmed one with Kendall's tau "
-                 f"{figures['kendall_tau']:+.2f} over {figures['tau_necks']} necks.")
+        text += (f" The one-seed proxy AP ranks these necks as the confirmation does with Kendall's tau "
+                 f"{figures['kendall_tau']:+.2f} ({figures['tau_necks']} necks; the confirmed mean leaves out the "
+                 "proxy's own run).")
     if meta.get("val_images") is not None and meta["val_images"] < 50:
         text += f" The validation split has only {meta['val_images']} images: too few to rank necks."
     return text
@@ -95,7 +97,7 @@ def _confirmed_table(confirmed: List[ConfirmedNeck], figures: Dict[str, Any]) ->
         per_seed = ", ".join(f"{ap:.3f}" for _, ap in sorted(neck.by_seed.items()))
         name = f"**{neck.label}**" if neck.baseline else neck.label
         lines.append(f"| {rank} | {name} | `{neck.trained_hash[:12]}` | {_mean_std(neck)} | {per_seed} | {versus} | "
-                     f"{_f(neck.proxy_reward)} | {last.get('params') or 0:,} | {(last.get('macs') or 0) / 1e9:.3f} |")
+                     f"{_f(neck.proxy.ap if neck.proxy else None)} | {last.get('params') or 0:,} | {(last.get('macs') or 0) / 1e9:.3f} |")
     return lines
 
 

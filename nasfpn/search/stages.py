@@ -96,10 +96,10 @@ class Seeds(Stage):
     """Each candidate of ``inner`` trained under ``seeds`` proxy seeds; ``inner`` is told one
     record whose reward is the mean of the seeds that did not fail (as Tune's ``Repeater``)."""
 
-    def __init__(self, inner: Stage, seeds: Sequence[int]):
+    def __init__(self, inner: Stage, seeds: Sequence[int], ledger: Optional[Ledger] = None):
         if not seeds:
             raise ValueError("Seeds: at least one seed")
-        self.inner, self.seeds = inner, list(seeds)
+        self.inner, self.seeds, self.ledger = inner, list(seeds), ledger
         self.name, self.recipe, self.after_all = inner.name, inner.recipe, inner.after_all
         self.full_only, self.in_budget = inner.full_only, inner.in_budget
         self.queue: List[Candidate] = []
@@ -115,6 +115,13 @@ class Seeds(Stage):
             self.parents[group] = parent
             self.groups[group] = []
             self.queue = [dataclasses.replace(parent, seed=s, trial_id=group) for s in self.seeds]
+            for copy in list(self.queue):  # seeds of this very genotype recorded before a resume
+                known = self.ledger.find(copy.key) if self.ledger is not None else None
+                if known is not None and known.candidate.hash == copy.hash:
+                    self.queue.remove(copy)
+                    self.tell(copy, known)
+            if not self.queue:
+                return self.ask()
         return self.queue.pop(0)
 
     def tell(self, candidate: Candidate, record: TrialRecord) -> None:
@@ -179,8 +186,9 @@ class Pipeline:
         self._waiting: Dict[Key, List[Tuple[Stage, Candidate]]] = {}  # same key as one in flight
 
     def _search_trials(self) -> int:
+        waiting = [stage for queue in self._waiting.values() for stage, _ in queue]
         return sum(r.candidate.stage != "confirm" for r in self.ledger) + \
-            sum(s.in_budget for s, _ in self.in_flight.values())
+            sum(s.in_budget for s, _ in self.in_flight.values()) + sum(s.in_budget for s in waiting)
 
     def _over_budget(self, stage: Stage) -> bool:
         return stage.in_budget and self.budget is not None and self._search_trials() >= self.budget
@@ -206,7 +214,7 @@ class Pipeline:
             if candidate is None:
                 return None
             known = self.ledger.find(candidate.key, full=stage.full_only)
-            if known is not None:  # trained before (or the same neck under another hash): free
+            if known is not None:  # trained before (or the same neck under another hash): free, a line of its own
                 self._record(stage, candidate, known.answer(self.ledger.next_trial(), candidate))
                 continue
             if candidate.key in self.in_flight:  # the same neck is training right now: wait for it
