@@ -31,6 +31,7 @@ TINY = {
     "space": "wide",
     "controller": "evolution",
     "search": {"trials": 7, "concurrent": 2},
+    "confirm": {"seeds": 0},  # the tests of the confirmation turn it on
 }
 
 
@@ -91,7 +92,7 @@ def test_search_survives_a_driver_sigkill(tmp_path, cache):
                  "plots/ap_vs_macs.png", "drawings/best.png", "drawings/fpn.png", "experiment.json"]:
         assert (out / name).is_file(), name
     assert "Traceback" not in done.stdout + done.stderr
-    assert "[7/7]" in done.stdout
+    assert "[search 7/7]" in done.stdout
     # The folder rebuilds its report from the ledger alone.
     (out / "leaderboard.md").unlink()
     assert main(["report", str(out)]) == 0 and (out / "leaderboard.md").is_file()
@@ -370,3 +371,19 @@ def test_confirm_extends_a_finished_search_and_resumes_after_sigkill_without_pay
     board = (out / "leaderboard.md").read_text()
     assert "## Confirmed ranking" in board and "paired seeds" in board
     assert yaml.safe_load((out / "config.yaml").read_text())["confirm"]["seeds"] == 2
+
+
+def test_a_damaged_folder_file_is_named_on_resume(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("search: {trials: 3\n")  # torn by hand: the driver writes it atomically
+    assert main(["search", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml" in err and "damaged" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(search_config({"search": {"trials": 2}}).to_dict()))
+    Ledger(tmp_path / "ledger.jsonl").append(record(1, "fpn", 0.3))
+    (tmp_path / "controller.pt").write_bytes(b"not a torch file")
+    from nasfpn.search.driver import _restore_controller
+    from nasfpn.controllers import make_controller
+    from nasfpn.space import load_space
+    with pytest.raises(ValueError, match="controller.pt: damaged controller state"):
+        _restore_controller(make_controller(load_space("wide"), "random"), tmp_path / "controller.pt",
+                            Ledger(tmp_path / "ledger.jsonl"))
