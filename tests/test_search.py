@@ -182,7 +182,7 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     assert main(["search", "--resume", str(tmp_path)]) == 2
     defaults = search_config({})  # the quickstart
-    assert (defaults.search.trials, defaults.search.seeds, defaults.confirm.top_k) == (16, 1, 2)
+    assert (defaults.search.trials, defaults.search.seeds, defaults.confirm.top_k) == (12, 1, 1)
     assert not hasattr(defaults.search, "dedupe")
     with pytest.raises(ValueError, match=r"search: unknown key\(s\) \['dedupe'\]"):
         search_config({"search": {"dedupe": True}})

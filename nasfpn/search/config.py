@@ -41,7 +41,9 @@ def check_number(where: str, value: Any, *, integer: bool = False, low: float | 
 class BudgetConfig:
     """How many trials before confirmation (baselines included), how many at once, how many
     proxy seeds each searched candidate gets (the mean is its reward), the controller's seed."""
-    trials: int = 16  # the quickstart: 4 baselines + 12 searched cells, about 8.5 minutes of search on 2 CPU cores
+    # The quickstart: 4 baselines + 8 searched cells, then the confirmation (see ConfirmConfig):
+    # about 20 minutes on 2 CPU cores once the backbone is prepared (measured: see the README).
+    trials: int = 12
     baselines: Tuple[str, ...] = ("fpn", "panet", "bifpn", "nasfpn")
     concurrent: int = 2
     seeds: int = 1
