@@ -1,13 +1,13 @@
 """Soak test of ``nasfpn search --resume``: a tiny real search SIGKILLed again and again.
 
-    .venv/bin/python scripts/soak_resume.py [--kills 20] [--seed 0] [--trials 12] [--baselines fpn,panet,...]
+    .venv/bin/python scripts/soak_resume.py [--kills 20] [--seed 0] [--trials 64] [--baselines fpn,panet,...]
         [--out runs/soak-<time>] [--cache DIR] [--json soak_resume.json]
 
 A tiny search (the built-in data as TINY in tests/test_search.py; confirmation: top_k 1, 2
 seeds) runs in its own session; ``--kills`` times the whole session is SIGKILLed (the driver's
 group, then Ray workers, which make groups of their own) and restarted with ``nasfpn search
---resume DIR`` (afresh if the kill came before config.yaml, written once the task is prepared:
-``--resume`` refuses a folder without it), until a run exits by itself after the last kill. The moments are drawn from
+--resume DIR`` (afresh if the kill came before the driver wrote config.yaml: ``--resume``
+refuses a folder without it), until a run exits by itself after the last kill. The moments are drawn from
 ``--seed``, so a failure replays; each block of three kills has each kind once, in random order:
 ``launch`` (0.5-20 s after the launch: imports, task preparation, Ray start-up, maybe a trial),
 ``in-trial`` (0-4 s after a Ray trial process appears: training, search or confirmation),
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="draws the kill moments (replay a failure with it)")
-    parser.add_argument("--trials", type=int, default=12, help="the search budget, baselines included")
+    parser.add_argument("--trials", type=int, default=64, help="the search budget, baselines included")
     parser.add_argument("--baselines", help="comma-separated baselines (default: the search's four)")
     parser.add_argument("--out", type=Path, default=Path("runs") / f"soak-{time.strftime('%Y%m%d-%H%M%S')}")
     parser.add_argument("--cache", type=Path, help="feature cache (default <out>/cache)")
