@@ -35,7 +35,7 @@ from nasfpn.fsio import atomic_write_text
 from nasfpn.search import stats
 from nasfpn.search.config import search_config
 from nasfpn.search.confirm import recipe_name
-from nasfpn.search.driver import Phase, recipe_text, run_phases
+from nasfpn.search.driver import Phase, SearchInterrupted, recipe_text, run_phases
 from nasfpn.search.ledger import Ledger
 from nasfpn.search.records import Candidate
 from nasfpn.search.stages import Confirmation, Pipeline
@@ -174,7 +174,10 @@ def main() -> None:
             pipeline = Pipeline([Confirmation(lambda led, planned=planned: planned, ledger, recipes[name])], ledger)
             done = lambda planned=planned: sum(ledger.find(c.key, full=True) is not None for c in planned)  # noqa: E731
             phases.append(Phase(name, pipeline, lambda n=len(planned): n, done))
-        run_phases(config, out, specs, phases)
+        try:
+            run_phases(config, out, specs, phases)
+        except SearchInterrupted:  # Ctrl-C: every finished run is kept; report what there is
+            print(f"interrupted: run this script again to continue in {out}")
     result = analyse(ledger, names, recipes)
     result.update(machine=platform.processor() or platform.machine(), data=args.data, seeds=args.seeds,
                   factor=args.factor, necks=list(chosen), folder=str(out))
