@@ -181,7 +181,18 @@ def gcs_client(address: str, home, **env) -> str:
 
 
 @pytest.mark.ray
-def test_private_ray_listens_on_loopback_only_and_wants_its_token(monkeypatch, tmp_path):
+def test_private_ray_listens_on_loopback_only_and_wants_its_token(tmp_path):
+    """Run in a process of its own: a Ray driver keeps some settings (token authentication) for
+    the life of its process, and a later plain ``ray.init`` in this one would inherit them."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                           str(tmp_path / "child"), f"{__file__}::test_private_ray_in_this_process"],
+                          env={**os.environ, "NASFPN_ISOLATED": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(os.environ.get("NASFPN_ISOLATED") != "1", reason="run by the test above in its own process")
+def test_private_ray_in_this_process(monkeypatch, tmp_path):
     import ray
     import ray._private.ray_constants as ray_constants
     import psutil                   # Ray's own copy, on sys.path once Ray is imported
