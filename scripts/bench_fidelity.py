@@ -171,7 +171,7 @@ def main() -> None:
         for name, recipe_proxy in (("proxy", proxy), ("long", long)):
             planned = [Candidate.of(g, recipe_proxy, seed=s, recipe=recipes[name], baseline=n, stage="confirm")
                        for s in range(args.seeds) for n, g in chosen.items()]
-            pipeline = Pipeline([Confirmation(lambda led, planned=planned: planned, ledger, recipes[name])], ledger)
+            pipeline = Pipeline([Confirmation(lambda led, planned=planned: planned, ledger)], ledger)
             done = lambda planned=planned: sum(ledger.find(c.key, full=True) is not None for c in planned)  # noqa: E731
             phases.append(Phase(name, pipeline, lambda n=len(planned): n, done))
         try:

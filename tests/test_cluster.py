@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from test_search import TINY
+
 # The helper: a head with no CPU (trials must go to the workers) and two 1-CPU worker nodes.
 # It prints the cluster as one JSON line, then obeys "remove NODE_ID" and "stop" on stdin.
 CLUSTER = r"""
@@ -49,18 +51,13 @@ finally:
 """
 
 BUDGET = 6
-CONFIG = {
-    "data": {"synthetic_images": 24},
-    "backbone": {"warmup_steps": 2},
+CONFIG = {  # the search tests' tiny search, with trials long enough to lose one mid-way
+    **TINY,
     # a trial reports its node after a quarter of its steps, and is lost then: 450 steps from its end
-    "proxy": {"image_size": 128, "width": 8, "head_depth": 1, "steps": 600, "batch_size": 4, "eval_every": 150,
-              "warmup_steps": 2},
-    "space": "wide",
-    "controller": "evolution",
+    "proxy": {**TINY["proxy"], "steps": 600, "eval_every": 150},
     "search": {"trials": BUDGET, "concurrent": 2, "retries": 2},
     "scheduler": {"name": "none"},
     "resources": {"cpus_per_trial": 1},
-    "confirm": {"seeds": 0},
 }
 
 

@@ -115,12 +115,12 @@ def test_confirmation_plans_the_finalists_and_baselines_and_never_pays_twice(tmp
         return plan(led, baselines, confirm, proxy, recipe)
 
     assert len(planned(ledger)) == 4 * 3
-    killed = Pipeline([Confirmation(planned, ledger, recipe)], ledger)
+    killed = Pipeline([Confirmation(planned, ledger)], ledger)
     first = [killed.ask() for _ in range(5)]  # five in flight ...
     for c in first[:3]:                       # ... three finish, then the driver dies
         killed.finish(c, TrialRecord.finished(ledger.next_trial(), c, "ok", {"ap": fake_ap(c), "reward": fake_ap(c)}))
     resumed = Ledger(tmp_path / "ledger.jsonl")
-    trained = run(Pipeline([Confirmation(planned, resumed, recipe)], resumed))
+    trained = run(Pipeline([Confirmation(planned, resumed)], resumed))
     assert len(trained) == 12 - 3             # the three that finished are not paid again
     keys = [r.key for r in resumed if r.candidate.stage == "confirm"]
     assert len(keys) == len(set(keys)) == 12
@@ -138,7 +138,7 @@ def test_confirmation_under_the_search_recipe_reuses_seed_0(tmp_path):
     confirm = ConfirmConfig(top_k=1, seeds=2, steps=PROXY.steps)
     proxy = confirm_proxy(PROXY, confirm)
     baselines = [dataclasses.replace(c, stage="confirm") for c in baseline_candidates()]
-    trained = run(Pipeline([Confirmation(lambda led: plan(led, baselines, confirm, proxy, SEARCH), ledger, SEARCH)],
+    trained = run(Pipeline([Confirmation(lambda led: plan(led, baselines, confirm, proxy, SEARCH), ledger)],
                            ledger))
     assert sorted(c.seed for c in trained) == [1, 1, 1]  # seed 0 of each neck is the search's own trial
     table, _ = confirmed_table(ledger, SEARCH)

@@ -144,7 +144,7 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
     def _confirm_plan(led: Ledger) -> List[Candidate]:
         return plan(led, confirm_candidates, config.confirm, confirm_recipe, recipe)
 
-    confirmation = Pipeline([Confirmation(_confirm_plan, ledger, recipe)], ledger)
+    confirmation = Pipeline([Confirmation(_confirm_plan, ledger)], ledger)
 
     def _confirm_left() -> List[Candidate]:
         return [c for c in _confirm_plan(ledger) if ledger.find(c.key, full=True) is None] \
@@ -329,7 +329,3 @@ def _plain_proxy(proxy: ProxyConfig) -> Dict[str, Any]:
 def _yaml(config: SearchConfig) -> str:
     import yaml
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
-
-
-def list_runs(out: Path) -> List[Path]:
-    return sorted((out / "tune").glob("run-*")) if (out / "tune").is_dir() else []

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..train import ProxyConfig
 from .ledger import Ledger
-from .records import SEARCH, Candidate, Key, TrialRecord
+from .records import Candidate, Key, TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ class Stage:
     ``finished`` once it will ask nothing more, ``lost`` for a candidate that was in flight when
     a driver died (ask it again)."""
     name = "stage"
-    recipe = SEARCH    # the recipe its candidates train under
     after_all = False  # start only when every earlier trial has finished
     full_only = False  # answer from the ledger only with full-recipe records (not ones ASHA stopped)
     in_budget = True   # its trials count towards the search's trial budget
@@ -100,7 +99,7 @@ class Seeds(Stage):
         if not seeds:
             raise ValueError("Seeds: at least one seed")
         self.inner, self.seeds, self.ledger = inner, list(seeds), ledger
-        self.name, self.recipe, self.after_all = inner.name, inner.recipe, inner.after_all
+        self.name, self.after_all = inner.name, inner.after_all
         self.full_only, self.in_budget = inner.full_only, inner.in_budget
         self.queue: List[Candidate] = []
         self.groups: Dict[str, List[Optional[TrialRecord]]] = {}  # trial id of the inner candidate -> records
@@ -152,8 +151,8 @@ class Confirmation(Stage):
     full_only = True
     in_budget = False
 
-    def __init__(self, plan: Callable[[Ledger], List[Candidate]], ledger: Ledger, recipe: str):
-        self.plan, self.ledger, self.recipe = plan, ledger, recipe
+    def __init__(self, plan: Callable[[Ledger], List[Candidate]], ledger: Ledger):
+        self.plan, self.ledger = plan, ledger
         self.queue: Optional[List[Candidate]] = None
 
     def ask(self) -> Optional[Candidate]:
