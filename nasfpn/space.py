@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .genotype import (COMBINES, OPS, REFERENCE_DIR, TWO_INPUT_COMBINES, ExtraLevels, Genotype, GenotypeError,
-                       Node, yaml_problem)
+                       Node, yaml_problem, yaml_stems)
 from .canonical import topological
 
 CHOOSABLE = ("lateral", "extra", "downsample", "activation", "unused")
@@ -456,7 +456,8 @@ def _show(value: Any) -> str:
 
 
 def space_names() -> list[str]:
-    return sorted(p.stem[: -len("_space")] for p in REFERENCE_DIR.glob("*_space.yaml"))
+    """Names of the spaces shipped under ``search_spaces/`` (``<name>_space.yaml``)."""
+    return sorted(name[: -len("_space")] for name in yaml_stems(REFERENCE_DIR) if name.endswith("_space"))
 
 
 def load_space(path_or_name: str | Path) -> SearchSpace:

@@ -1,5 +1,5 @@
 """Controller settings files: ``controllers/<name>.yaml`` (a ``controller:`` key naming the
-algorithm, then its settings)."""
+algorithm, then its settings). Installed as the data package ``nasfpn.controller_settings``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,14 +7,14 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..genotype import REFERENCE_DIR, yaml_problem
+from ..genotype import shipped_dir, yaml_problem, yaml_stems
 
-CONTROLLER_DIR = REFERENCE_DIR.parent / "controllers"
+CONTROLLER_DIR = shipped_dir("nasfpn.controller_settings", "controllers")
 
 
 def controller_config_names() -> list[str]:
     """Names of the shipped settings files (``ppo``, ``evolution``...)."""
-    return sorted(p.stem for p in CONTROLLER_DIR.glob("*.yaml"))
+    return yaml_stems(CONTROLLER_DIR)
 
 
 def load_controller_config(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:

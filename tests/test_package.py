@@ -1,0 +1,87 @@
+"""Packaging: the shipped YAML is found through the installed package, and the wheel carries it.
+
+The YAML lives once, in the checkout's ``search_spaces/`` and ``controllers/``; setup.cfg maps
+them to the data packages ``nasfpn.search_spaces`` and ``nasfpn.controller_settings``.
+Installing the wheel and running it is scripts/check_wheel.sh's job, not a test's.
+"""
+import importlib
+import importlib.resources
+import importlib.util
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import nasfpn
+from nasfpn.controllers import CONTROLLER_DIR, controller_config_names, load_controller_config
+from nasfpn.genotype import REFERENCE_DIR, load_genotype, reference_names, shipped_dir
+from nasfpn.space import load_space, space_names
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+# Data package -> the checkout folder setup.cfg's package_dir maps it to.
+DATA_PACKAGES = {"nasfpn.search_spaces": "search_spaces", "nasfpn.controller_settings": "controllers"}
+
+
+def test_every_shipped_name_loads():
+    assert {"bifpn", "fpn", "nasfpn", "panet"} <= set(reference_names())
+    assert {"nasfpn", "wide"} <= set(space_names())
+    assert {"evolution", "ppo", "random", "reinforce"} <= set(controller_config_names())
+    for name in reference_names():
+        load_genotype(name)
+    for name in space_names():
+        load_space(name)
+    for name in controller_config_names():
+        assert "controller" in load_controller_config(name), name
+
+
+@pytest.mark.parametrize("package, folder", [("nasfpn.search_spaces", REFERENCE_DIR),
+                                             ("nasfpn.controller_settings", CONTROLLER_DIR)])
+def test_the_yaml_is_found_through_the_installed_package(package, folder):
+    # Not the fallback for an uninstalled checkout: the import system knows the package, and
+    # the folder is where it was imported from (inside site-packages for a wheel).
+    data_package = importlib.import_module(package)
+    assert folder == importlib.resources.files(package)
+    assert Path(str(folder)) in [Path(p) for p in data_package.__path__]
+    assert data_package.__name__.rpartition(".")[0] == nasfpn.__name__
+
+
+def test_an_uninstalled_checkout_falls_back_to_its_folder_and_nothing_else():
+    assert shipped_dir("nasfpn.no_such_data", "search_spaces") == CHECKOUT / "search_spaces"
+    with pytest.raises(ModuleNotFoundError, match="nasfpn.no_such_data"):
+        shipped_dir("nasfpn.no_such_data", "no_such_folder")
+
+
+def test_the_wheel_carries_the_yaml_and_every_module(tmp_path):
+    wheel = _build_wheel(tmp_path)
+    inside = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"nasfpn/{p.relative_to(CHECKOUT / 'nasfpn').as_posix()}"
+                for p in (CHECKOUT / "nasfpn").rglob("*.py") if "__pycache__" not in p.parts}
+    for package, folder in DATA_PACKAGES.items():
+        installed_as = package.replace(".", "/")
+        expected |= {f"{installed_as}/{p.name}" for p in (CHECKOUT / folder).glob("*.yaml")}
+        expected.add(f"{installed_as}/__init__.py")
+    assert sorted(expected - inside) == []  # a module missing here: add its package to setup.cfg
+    assert not [name for name in inside if name.split("/")[0] in DATA_PACKAGES.values()]
+
+
+def _build_wheel(tmp_path: Path) -> Path:
+    """Build from a copy of the files git knows: setuptools reuses build/, which could hide a
+    file missing from the package list."""
+    if importlib.util.find_spec("setuptools") is None:
+        pytest.skip("setuptools is not installed")
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=CHECKOUT, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout: {listed.stderr.decode().strip()}")
+    source = tmp_path / "src"
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        if (CHECKOUT / name).is_file():  # tracked files deleted in the work tree are skipped
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(CHECKOUT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True)
+    (wheel,) = (tmp_path / "dist").glob("nasfpn-*.whl")
+    return wheel
