@@ -1,4 +1,5 @@
-"""The ``nasfpn`` command. Bad input ends with one line naming what is wrong and exit code 2."""
+"""The ``nasfpn`` command. Bad input ends with one line naming what is wrong and exit code 2 (``check-data``
+lists up to ten problems of a data set at once)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import __version__
 from .genotype import GenotypeError, load_genotype, reference_names
 from .space import SpaceError, load_space, space_names
 
@@ -23,6 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.version:
+        print(f"nasfpn {__version__}")
+        return 0
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
@@ -39,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasfpn", description="Search, inspect, draw and export neck topologies.")
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     refs = ", ".join(reference_names())
 
@@ -121,10 +127,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, required=True, metavar="DIR")
     p.set_defaults(run=_check_data)
 
-    p = sub.add_parser("convert-voc", help="convert a Pascal VOC folder (XML per image) to COCO JSON")
-    p.add_argument("voc_root", type=Path, metavar="VOC_DIR")
+    p = sub.add_parser("convert-voc", help="convert a Pascal VOC folder (XML per image) to COCO JSON",
+                       description="Reads Annotations/ + JPEGImages/, annotations/ + images/, or XML files beside "
+                       "their images in VOC_DIR; any other layout: name both folders with --annotations and "
+                       "--images. Every image is decoded; a missing or broken one is left out with a warning "
+                       "(--strict: exit 2, nothing written).")
+    p.add_argument("voc_root", type=Path, nargs="?", metavar="VOC_DIR")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.json")
-    p.add_argument("--classes", default=None, help="comma-separated class names in label order (default: sorted)")
+    p.add_argument("--annotations", type=Path, metavar="DIR", help="the folder of the XML files (with --images, "
+                   "instead of VOC_DIR)")
+    p.add_argument("--images", type=Path, metavar="DIR", help="the folder of the images (with --annotations)")
+    p.add_argument("--classes", default=None, help="comma-separated class names in label order (default: all "
+                   "found, sorted)")
+    p.add_argument("--strict", action="store_true", help="stop (exit 2, nothing written) if an image is missing or "
+                   "broken, instead of leaving it out")
     p.set_defaults(run=_convert_voc)
 
     p = sub.add_parser("sample", help="sample genotypes from a search space; profile, draw and export them")
@@ -301,20 +317,34 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {build_report(args.folder)}")
 
 
-def _check_data(args: argparse.Namespace) -> None:
-    from .data import check_dataset, format_summary
+def _check_data(args: argparse.Namespace) -> int:
+    from .data import DatasetError, check_dataset, format_summary
+    from .data.check import format_problems
 
-    print(format_summary(check_dataset(args.annotations, args.images)))
+    try:
+        print(format_summary(check_dataset(args.annotations, args.images)))
+    except DatasetError as err:
+        if len(getattr(err, "problems", ())) < 2:
+            raise  # one line, as every other error
+        print(f"nasfpn check-data: error: {format_problems(err.problems, args.annotations)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _convert_voc(args: argparse.Namespace) -> None:
     from .data import voc_to_coco
 
-    classes = args.classes.split(",") if args.classes else None
-    summary = voc_to_coco(args.voc_root, args.output, classes)
+    if (args.annotations is None) != (args.images is None):
+        raise UsageError("--annotations and --images go together (the folder of the XML files and that of the images)")
+    if (args.voc_root is None) == (args.annotations is None):
+        raise UsageError("give VOC_DIR, or --annotations DIR --images DIR for another layout (not both)")
+    classes = [name.strip() for name in args.classes.split(",") if name.strip()] if args.classes else None
+    summary = voc_to_coco(args.voc_root, args.output, classes, annotations=args.annotations, images=args.images,
+                          strict=args.strict)
     warnings = summary.get("warnings", [])  # each was logged as it was found
-    print(f"wrote {args.output}: {summary['images']} images, {summary['boxes']} boxes, classes {summary['classes']}"
-          + (f"; {len(warnings)} warning(s) above" if warnings else ""))
+    print(f"wrote {args.output} ({summary['layout']}): {summary['images']} images, {summary['boxes']} boxes, "
+          f"classes {summary['classes']}" + (f"; {len(warnings)} warning(s) above" if warnings else ""))
+    print(f"check it: nasfpn check-data {args.output} --images {summary['images_dir']}")
 
 
 def _sample(args: argparse.Namespace) -> None:

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -99,3 +100,41 @@ def test_sample(tmp_path):
     for folder in ["sample-00", "fpn"]:
         for name in ["genotype.yaml", "cell.png", "neck.py"]:
             assert (tmp_path / folder / name).exists()
+
+
+def test_version(capsys):
+    from nasfpn import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"nasfpn {__version__}\n"
+    done = nasfpn_cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"nasfpn {__version__}" and done.stderr == ""
+
+
+def coco_with_bad_boxes(tmp_path, bad):
+    """One 32 x 24 image and ``bad`` boxes lying outside it."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 24)).save(tmp_path / "a.png")
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 24}],
+            "annotations": [{"id": k, "image_id": 1, "category_id": 1, "bbox": [40, 0, 5, 5]}
+                            for k in range(1, bad + 1)],
+            "categories": [{"id": 1, "name": "cat"}]}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    return tmp_path / "data.json"
+
+
+@pytest.mark.parametrize("bad", [1, 3, 12])
+def test_check_data_lists_up_to_ten_problems(tmp_path, capsys, bad):
+    annotations = coco_with_bad_boxes(tmp_path, bad)
+    assert main(["check-data", str(annotations), "--images", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.rstrip("\n").split("\n")
+    problem = "annotation {} (image 1, a.png): box [x, y, w, h] = [40, 0, 5, 5] lies outside the 32x24 image"
+    if bad == 1:
+        assert lines == [f"nasfpn check-data: error: {problem.format(1)}"]
+    elif bad == 3:
+        assert lines == [f"nasfpn check-data: error: 3 problems in {annotations}:"] + \
+            [f"  {problem.format(k)}" for k in (1, 2, 3)]
+    else:
+        assert lines == [f"nasfpn check-data: error: 12 problems in {annotations}, the first 10:"] + \
+            [f"  {problem.format(k)}" for k in range(1, 11)] + ["  ... and 2 more"]

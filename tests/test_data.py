@@ -1,6 +1,4 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,13 +6,9 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from nasfpn.data import (DatasetError, DetectionDataset, check_dataset, format_summary, split_ids,
-                         synthetic_dataset, voc_to_coco)
+from nasfpn.data import DatasetError, DetectionDataset, check_dataset, format_summary, split_ids, synthetic_dataset
 from nasfpn.data.check import size_bucket
 from nasfpn.data.synthetic import CLASSES
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -343,122 +337,3 @@ def test_check_reports_the_first_of_several_problems(good):
     assert len(err.value.problems) == 2 and "image 2: file not found" in err.value.problems[1]
     with pytest.raises(DatasetError, match="image folder not found"):
         check_dataset(write(json.loads(json.dumps(good[0]))), folder / "nope")
-
-
-# -------------------------------------------------------------------------------------------- VOC
-
-def voc_xml(filename, size, objects):
-    parts = ["<annotation>"]
-    if filename is not None:
-        parts.append(f"<filename>{filename}</filename>")
-    if size is not None:
-        parts.append(f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>")
-    for name, (x1, y1, x2, y2) in objects:
-        parts.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
-                     f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
-    return "\n".join(parts + ["</annotation>"])
-
-
-def make_voc(root, ann_dir, img_dir):
-    (root / ann_dir).mkdir(parents=True)
-    (root / img_dir).mkdir()
-    Image.new("RGB", (60, 40), (1, 2, 3)).save(root / img_dir / "a.jpg")
-    Image.new("RGB", (50, 30)).save(root / img_dir / "b.png")
-    Image.new("RGB", (20, 20)).save(root / img_dir / "c.jpeg")
-    (root / ann_dir / "a.xml").write_text(voc_xml("a.jpg", (60, 40), [("dog", (1, 2, 21, 32)),
-                                                                         ("dog", (30, 10, 30, 20))]))
-    (root / ann_dir / "b.xml").write_text(voc_xml("b.png", (50, 30), [("cat", (40, 5, 70, 25)),
-                                                                         ("cat", (55, 5, 70, 25)),
-                                                                         ("dog", (0, 0, 10, 10))]))
-    (root / ann_dir / "c.xml").write_text(voc_xml(None, None, [("bird", (2, 2, 10, 12))]))  # stem + size from file
-
-
-@pytest.mark.parametrize("ann_dir, img_dir", [("Annotations", "JPEGImages"), ("annotations", "images")])
-def test_voc_to_coco(tmp_path, ann_dir, img_dir):
-    root = tmp_path / "voc"
-    make_voc(root, ann_dir, img_dir)
-    if ann_dir == "Annotations":
-        (root / "ImageSets" / "Main").mkdir(parents=True)
-        (root / "ImageSets" / "Main" / "train.txt").write_text("a\nb\n")
-    summary = voc_to_coco(root, tmp_path / "out" / "voc.json")
-    assert (summary["images"], summary["boxes"]) == (3, 4)
-    assert summary["classes"] == {"bird": 1, "cat": 1, "dog": 2}
-    assert summary["image_sets"] == ({"train": 2} if ann_dir == "Annotations" else {})
-    warnings = summary["warnings"]
-    assert len(warnings) == 3
-    assert warnings[0].startswith("a.xml object[1] (dog): zero-size box") and "not written" in warnings[0]
-    assert warnings[1].startswith("b.xml object[0] (cat): box (40, 5, 70, 25) clipped to the 50x30 image: "
-                                  "(40, 5, 50, 25)")
-    assert warnings[2].startswith("b.xml object[1] (cat): box (55, 5, 70, 25) lies outside the 50x30 image")
-
-    data = json.loads((tmp_path / "out" / "voc.json").read_text())
-    assert [(i["id"], i["file_name"], i["width"], i["height"]) for i in data["images"]] == \
-        [(1, "a.jpg", 60, 40), (2, "b.png", 50, 30), (3, "c.jpeg", 20, 20)]
-    assert [c["name"] for c in data["categories"]] == ["bird", "cat", "dog"]
-    assert [(a["image_id"], a["category_id"], a["bbox"]) for a in data["annotations"]] == \
-        [(1, 3, [1, 2, 20, 30]), (2, 2, [40, 5, 10, 20]), (2, 3, [0, 0, 10, 10]), (3, 1, [2, 2, 8, 10])]
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name != "voc.json"]   # no temp file left
-    assert check_dataset(tmp_path / "out" / "voc.json", root / img_dir)["boxes"] == 4
-
-
-def test_voc_classes_order_and_subset(tmp_path):
-    make_voc(tmp_path / "voc", "Annotations", "JPEGImages")
-    summary = voc_to_coco(tmp_path / "voc", tmp_path / "voc.json", classes=["dog", "cat"])
-    data = json.loads((tmp_path / "voc.json").read_text())
-    assert [(c["id"], c["name"]) for c in data["categories"]] == [(1, "dog"), (2, "cat")]
-    assert summary["classes"] == {"dog": 2, "cat": 1}
-    assert summary["warnings"][-1] == "1 object(s) of class 'bird', not in the classes given; not written"
-
-
-@pytest.mark.parametrize("case, message", [
-    ("no folder", "VOC folder not found"),
-    ("no layout", "not a VOC folder"),
-    ("bad xml", "a.xml: cannot parse the XML"),
-    ("no image", "b.xml: image file not found"),
-    ("no size, bad image", "c.xml: no <size> and the image"),
-])
-def test_voc_bad_input(tmp_path, case, message):
-    root = tmp_path / "voc"
-    if case != "no folder":
-        make_voc(root, "Annotations", "JPEGImages")
-    if case == "no layout":
-        (root / "JPEGImages").rename(root / "pictures")
-    elif case == "bad xml":
-        (root / "Annotations" / "a.xml").write_text("<annotation><filename>a.jpg</filename>")
-    elif case == "no image":
-        (root / "JPEGImages" / "b.png").unlink()
-    elif case == "no size, bad image":
-        (root / "JPEGImages" / "c.jpeg").write_bytes(b"garbage")
-    with pytest.raises(DatasetError, match=message):
-        voc_to_coco(root, tmp_path / "voc.json")
-    assert not (tmp_path / "voc.json").exists()
-
-
-def test_voc_script(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("voc_to_coco_script", REPO / "scripts" / "voc_to_coco.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    make_voc(tmp_path / "voc", "annotations", "images")
-    assert script.main([str(tmp_path / "voc"), "-o", str(tmp_path / "voc.json")]) == 0
-    out = capsys.readouterr().out
-    assert "3 images, 4 boxes" in out and "3 warnings" in out and "zero-size box" in out
-    assert script.main([str(tmp_path / "nothing"), "-o", str(tmp_path / "x.json")]) == 2
-    assert "VOC folder not found" in capsys.readouterr().err
-
-
-# --------------------------------------------------------------------------- the real VOC sets
-
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="no ../shared/data (only in the development checkout)")
-def test_real_voc_sets_convert_and_check(tmp_path):
-    raccoon = voc_to_coco(SHARED_DATA / "raccoon", tmp_path / "raccoon.json")
-    assert (raccoon["images"], raccoon["boxes"], raccoon["warnings"]) == (200, 217, [])
-    summary = check_dataset(tmp_path / "raccoon.json", SHARED_DATA / "raccoon" / "images")
-    assert (summary["images"], summary["boxes"], summary["classes"]) == (200, 217, {"raccoon": 217})
-
-    bccd = voc_to_coco(SHARED_DATA / "bccd", tmp_path / "bccd.json")
-    assert len(bccd["warnings"]) == 2
-    assert bccd["warnings"][0].startswith("BloodImage_00338.xml object[12] (RBC): zero-size box")
-    assert bccd["warnings"][1].startswith("BloodImage_00343.xml object[3] (RBC): zero-size box")
-    summary = check_dataset(tmp_path / "bccd.json", SHARED_DATA / "bccd" / "JPEGImages")
-    assert summary["images"] == 364
-    assert summary["classes"] == {"Platelets": 361, "RBC": 4153, "WBC": 372}

@@ -14,7 +14,8 @@ The checks, in the order they run (and problems are reported in):
    scale, which still reads the whole file), and is as large as its ``width``/``height`` say.
 
 All problems of steps 2-4 are collected; one :class:`DatasetError` is raised whose message is
-the first problem, plus how many more there are (its ``problems`` attribute lists them all).
+the first problem, plus how many more there are (its ``problems`` attribute lists them all, and
+:func:`format_problems` shows the first ``SHOWN_PROBLEMS`` of them, as ``check-data`` does).
 
 Size buckets are COCO's (small: area < 32², medium: < 96², large: the rest) with the area taken
 as the box's ``w * h``, not the ``area`` field (which is the segment's area in COCO itself and
@@ -35,6 +36,7 @@ from .coco import DatasetError, read_coco_json
 OUTSIDE_TOLERANCE = 1.0
 SMALL, MEDIUM = 32 ** 2, 96 ** 2
 BUCKETS = ("small", "medium", "large")
+SHOWN_PROBLEMS = 10
 
 
 def size_bucket(width: float, height: float) -> str:
@@ -155,6 +157,17 @@ def format_summary(summary: dict) -> str:
         per = summary["class_sizes"][name]
         lines.append(f"{name:<{width}}  {count:>7}  {per['small']:>7}  {per['medium']:>7}  {per['large']:>7}")
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def format_problems(problems: list[str], annotations: str | Path, shown: int = SHOWN_PROBLEMS) -> str:
+    """``N problems in FILE:`` and the first ``shown`` of them, one a line (all of them fixed in one go
+    beats one at a time, and more than ten would scroll the cause away)."""
+    lines = [f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {annotations}"
+             + (f", the first {shown}:" if len(problems) > shown else ":")]
+    lines += [f"  {problem}" for problem in problems[:shown]]
+    if len(problems) > shown:
+        lines.append(f"  ... and {len(problems) - shown} more")
     return "\n".join(lines)
 
 
