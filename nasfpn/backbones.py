@@ -1,5 +1,7 @@
-"""Backbones: any torchvision classification model (or a user's module) cut at C3..C5 with
-``torchvision.models.feature_extraction``, weights from a local file, optionally frozen.
+"""Backbones: any torchvision classification model, timm model (``timm:NAME``) or a user's
+module, cut at C3..C5 by FX feature extraction, weights from a local file, optionally frozen.
+timm models and packaged ImageNet weights (``efficientnet_lite0_imagenet``) are in
+``nasfpn.pretrained``; this module builds every kind the same way.
 
 A backbone reports the channels of each level it returns, so a neck is built to fit it; levels
 are read off the output strides of a probe forward pass, so a user naming return nodes does not
@@ -12,8 +14,9 @@ import importlib
 import logging
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torchvision
@@ -22,6 +25,8 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 log = logging.getLogger(__name__)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Return nodes of the models we know by name; any other torchvision model needs them given.
 KNOWN_RETURN_NODES: dict[str, tuple[str, ...]] = {
@@ -41,24 +46,38 @@ class BackboneError(ValueError):
 
 class Backbone(nn.Module):
     """A feature extractor returning ``OrderedDict`` ``c3``.. (finest first), with ``channels``
-    (level -> channels) and ``frozen`` set. A frozen backbone stays in eval mode."""
+    (level -> channels) and ``frozen`` set. A frozen backbone stays in eval mode. ``mean``/``std``:
+    the input normalisation its weights were trained with."""
 
-    def __init__(self, body: nn.Module, channels: Mapping[int, int], frozen: bool, name: str):
+    def __init__(self, body: nn.Module, channels: Mapping[int, int], frozen: bool, name: str,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         super().__init__()
         self.body = body
         self.channels = dict(channels)
         self.frozen = frozen
         self.name = name
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> "OrderedDict[str, Tensor]":
-        """``images``: float in [0, 1], ImageNet-normalised here."""
+        """``images``: float in [0, 1], normalised here."""
         feats = self.body((images - self.mean) / self.std)
         return OrderedDict((f"c{level}", f) for level, f in zip(self.channels, feats.values()))
 
     def train(self, mode: bool = True) -> "Backbone":
         return super().train(mode and not self.frozen)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """A whole model before it is cut, and how its kind (torchvision or timm) is cut and frozen."""
+    model: nn.Module
+    nodes: tuple[str, ...] | None  # C3..C5; None: a user module returning its own dict
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    freeze: Callable[[nn.Module], nn.Module]
+    extract: Callable[[nn.Module, Sequence[str]], nn.Module]
+    convert: Callable[[dict], dict] | None = None  # renames a weights file's keys to the model's
 
 
 def build_backbone(name: str, *, weights: str | Path | None = None, return_nodes: Sequence[str] | None = None,
@@ -67,52 +86,61 @@ def build_backbone(name: str, *, weights: str | Path | None = None, return_nodes
 
     Args:
         name: a torchvision classification model (``resnet18``, ``mobilenet_v3_large``, any name
-            ``torchvision.models.get_model`` knows), or ``package.module:attribute`` for your own
-            ``nn.Module`` class or factory (called with no arguments).
-        weights: a local state-dict file for the whole model (``torch.save(model.state_dict())``;
-            loaded with ``weights_only=True``). None: random initialisation, nothing downloaded.
-        return_nodes: graph nodes giving C3..C5 (finest first); needed for models not in
-            ``KNOWN_RETURN_NODES``. A user module without them must itself return a dict of maps.
+            ``torchvision.models.get_model`` knows); ``timm:NAME`` for a timm model
+            (``timm:resnet18``); ``efficientnet_lite0_imagenet`` (ImageNet weights from a package,
+            see ``nasfpn.pretrained``); or ``package.module:attribute`` for your own ``nn.Module``
+            class or factory (called with no arguments).
+        weights: a local state-dict file for the whole model (``torch.save(model.state_dict())``,
+            or ``.safetensors``; loaded as tensors only). None: random initialisation, or the
+            packaged weights of a named pretrained backbone; nothing is ever downloaded.
+        return_nodes: graph nodes giving C3..C5 (finest first); needed for torchvision models not
+            in ``KNOWN_RETURN_NODES`` (timm models have them from ``feature_info``). A user module
+            without them must itself return a dict of maps.
         freeze: no gradients, and BatchNorm frozen (``FrozenBatchNorm2d``).
 
     Raises:
-        BackboneError: unknown model, bad return nodes, or weights that do not fit.
+        BackboneError: unknown model, bad return nodes, weights that do not fit, or a timm
+            backbone without timm installed.
     """
-    model = _model(name)
-    if weights is not None:
-        load_weights(model, weights)
-    if freeze:
-        model = freeze_batchnorm(model)
-    nodes = tuple(return_nodes) if return_nodes else KNOWN_RETURN_NODES.get(name)
-    if nodes:
+    from . import pretrained
+
+    parts = _timm_parts(name, return_nodes) if pretrained.is_timm(name) else _torchvision_parts(name, return_nodes)
+    weights = weights if weights is not None else default_weights(name)
+    model = parts.freeze(parts.model) if freeze else parts.model
+    if parts.nodes:
         try:
-            body = create_feature_extractor(model, return_nodes={n: n for n in nodes})
+            body = parts.extract(model, parts.nodes)
         except (ValueError, KeyError) as err:
-            raise BackboneError(f"backbone {name!r}: return nodes {list(nodes)}: {err}") from None
-    elif ":" in name:
-        body = model
+            raise BackboneError(f"backbone {name!r}: return nodes {list(parts.nodes)}: {err}") from None
     else:
-        raise BackboneError(f"backbone {name!r}: give return_nodes (the graph nodes of C3, C4, C5, finest first), "
-                            f"e.g. {list(KNOWN_RETURN_NODES['resnet50'])} for a ResNet")
+        body = model
+    if weights is not None:
+        # Into the body, not the whole model: a saved body (the warm-up's) lacks the classifier.
+        load_weights(body, weights, spare=model.state_dict().keys(), convert=parts.convert)
     channels = _probe_levels(body, name, probe_size)
     if freeze:
         for p in body.parameters():
             p.requires_grad_(False)
-    backbone = Backbone(body, channels, freeze, name)
+    backbone = Backbone(body, channels, freeze, name, parts.mean, parts.std)
     return backbone.train(False) if freeze else backbone
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
+def default_weights(name: str) -> Path | None:
+    """The weights a backbone has without a ``weights`` file: a named pretrained backbone's
+    packaged ImageNet weights; None (random) for every other."""
+    from . import pretrained
+
+    return pretrained.packaged_weights(name) if name in pretrained.PACKAGED else None
+
+
+def load_weights(model: nn.Module, path: str | Path, *, spare: Iterable[str] = (),
+                 convert: Callable[[dict], dict] | None = None) -> None:
     """Load a local state dict (``weights_only``: tensors, never arbitrary objects). Keys may be
     wrapped in ``state_dict``/``model`` and prefixed ``module.``/``backbone.``; the classifier may
-    be missing. Anything else that does not fit is an error naming the keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise BackboneError(f"backbone weights {path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several kinds for a file that is not a state dict
-        raise BackboneError(f"backbone weights {path}: not a state dict: {str(err).splitlines()[0]}") from None
+    be missing; keys in ``spare`` (the parts of the whole model that ``model`` does not use) are
+    skipped; ``convert`` renames keys first. Anything else that does not fit is an error naming
+    the keys."""
+    state = _read_state_dict(Path(path))
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -121,6 +149,12 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     for prefix in ("module.", "backbone.body.", "backbone."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
+    if convert is not None:
+        state = convert(state)
+    # Skipped by module, not by key: a frozen BatchNorm of the head has no num_batches_tracked.
+    own = model.state_dict().keys()
+    spare_modules = {k.rpartition(".")[0] for k in spare}
+    state = {k: v for k, v in state.items() if k in own or k.rpartition(".")[0] not in spare_modules}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
@@ -131,6 +165,20 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if missing or unexpected:
         raise BackboneError(f"backbone weights {path} do not fit the model: missing {missing[:5]}, "
                             f"unexpected {unexpected[:5]}")
+
+
+def _read_state_dict(path: Path) -> object:
+    if not path.is_file():
+        raise BackboneError(f"backbone weights {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":  # timm's hub files; the package comes with timm
+            from safetensors.torch import load_file
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise BackboneError(f"backbone weights {path}: reading .safetensors needs pip install safetensors") from None
+    except Exception as err:  # torch raises several kinds for a file that is not a state dict
+        raise BackboneError(f"backbone weights {path}: not a state dict: {str(err).splitlines()[0]}") from None
 
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
@@ -157,6 +205,25 @@ def weights_fingerprint(path: str | Path | None) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def _torchvision_parts(name: str, return_nodes: Sequence[str] | None) -> _Parts:
+    model = _model(name)  # first: an unknown name is the error to report, not missing nodes
+    nodes = tuple(return_nodes) if return_nodes else KNOWN_RETURN_NODES.get(name)
+    if not nodes and ":" not in name:
+        raise BackboneError(f"backbone {name!r}: give return_nodes (the graph nodes of C3, C4, C5, finest first), "
+                            f"e.g. {list(KNOWN_RETURN_NODES['resnet50'])} for a ResNet")
+    return _Parts(model, nodes, IMAGENET_MEAN, IMAGENET_STD, freeze_batchnorm,
+                  lambda model, nodes: create_feature_extractor(model, return_nodes={n: n for n in nodes}))
+
+
+def _timm_parts(name: str, return_nodes: Sequence[str] | None) -> _Parts:
+    from . import pretrained as pt
+
+    model = pt.create_timm(name)
+    mean, std = pt.normalisation(model)
+    nodes = tuple(return_nodes) if return_nodes else pt.level_nodes(model)
+    return _Parts(model, nodes, mean, std, pt.freeze_batchnorm, pt.feature_extractor, pt.converter(name, model))
 
 
 def _model(name: str) -> nn.Module:

