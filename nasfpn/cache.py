@@ -7,25 +7,45 @@ the OS page cache. The folder name is a digest of everything the features depend
 image size, backbone, weights, flips), so a change of any of them builds a new cache and an old
 one is never read by mistake. A cache is written into a temporary folder and renamed into place,
 so a crash never leaves half a cache, and two builders racing both end with one.
+
+Before a cache is written its size is estimated (one probe forward gives each level's shape:
+``images x flips x sum(C x H x W) x 2`` bytes, plus the targets), and a cache that would not fit
+in the free space of its folder (less ``SPARE_BYTES``, with ``SLACK`` on the estimate) or under
+the user's cap (``data.cache_max_gb``) is refused with :class:`CacheSpaceError` before anything
+is written: ResNet-50 at 512 px is about 7 MB an image and flip, so a COCO-sized set would
+otherwise fill the disk halfway through and then fail.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+GB = 1e9  # the sizes users are shown and give (data.cache_max_gb) are decimal gigabytes, as df -H
+SPARE_BYTES = 2 ** 30  # left free on the disk for everything else: the ledger, logs, checkpoints
+SLACK = 0.05  # on top of the estimate when comparing with the free space: its error, file-system blocks
+# meta.json holds each image's targets per flip as JSON: a box is four float32 values printed as
+# Python floats (up to ~18 characters each) and a label; an image adds its braces, keys and id.
+TARGET_BYTES_PER_BOX = 90
+TARGET_BYTES_PER_IMAGE = 40
+
+
+class CacheSpaceError(ValueError):
+    """A feature cache that would not fit (the disk or ``data.cache_max_gb``), refused before
+    anything is written. A ``ValueError``: the command line prints it as one line, exit code 2."""
 
 
 def default_cache_root() -> Path:
@@ -77,18 +97,22 @@ class FeatureCache:
 
     @classmethod
     def build(cls, backbone, dataset, root: Path, flips: Sequence[bool] = (False, True), weights_id: str = "random",
-              batch_size: int = 16) -> "FeatureCache":
-        """The cache of ``dataset`` through ``backbone``: read if present, else computed once."""
-        key = {"version": CACHE_VERSION, "dataset": dataset_fingerprint(dataset), "backbone": backbone.name,
-               "channels": {str(k): v for k, v in backbone.channels.items()}, "weights": weights_id,
-               "flips": [bool(f) for f in flips]}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        folder = Path(root) / "features" / digest
+              batch_size: int = 16, *, max_gb: Optional[float] = None, check_room: bool = True) -> "FeatureCache":
+        """The cache of ``dataset`` through ``backbone``: read if present, else computed once.
+
+        Raises:
+            CacheSpaceError: a missing cache that would not fit (see :func:`ensure_room`; skipped
+                with ``check_room=False`` when the caller has checked).
+        """
+        key = cache_key(backbone, dataset, flips, weights_id)
+        folder = cache_folder(root, key)
         if (folder / "meta.json").is_file():
             log.info("feature cache hit: %s", folder)
             return cls(folder)
+        if check_room:
+            ensure_room(backbone, [(dataset, flips)], root, max_gb)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=folder.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
             cls._compute(backbone, dataset, tmp, list(flips), key, batch_size)
             try:
@@ -130,3 +154,93 @@ class FeatureCache:
                 "targets": targets, "seconds": round(time.perf_counter() - start, 2)}
         (folder / "meta.json").write_text(json.dumps(meta))
         log.info("feature cache: %d images x %d flips in %.1f s", n, len(flips), meta["seconds"])
+
+
+def cache_key(backbone, dataset, flips: Sequence[bool], weights_id: str) -> dict:
+    """Everything a cache's features depend on; the dataset fingerprint covers which images (so
+    a subset, ``data.max_train_images``, has its own cache) and the image size."""
+    return {"version": CACHE_VERSION, "dataset": dataset_fingerprint(dataset), "backbone": backbone.name,
+            "channels": {str(k): v for k, v in backbone.channels.items()}, "weights": weights_id,
+            "flips": [bool(f) for f in flips]}
+
+
+def cache_folder(root: Path, key: dict) -> Path:
+    return Path(root) / "features" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def build_caches(backbone, splits: Sequence[Tuple[object, Sequence[bool]]], root: Path, *, weights_id: str = "random",
+                 max_gb: Optional[float] = None) -> List[FeatureCache]:
+    """The caches of several ``(dataset, flips)``; room for all the missing ones is checked
+    together before the first is written, so a too-large set leaves no cache behind."""
+    missing = [(dataset, flips) for dataset, flips in splits
+               if not (cache_folder(root, cache_key(backbone, dataset, flips, weights_id)) / "meta.json").is_file()]
+    if missing:
+        ensure_room(backbone, missing, root, max_gb)
+    return [FeatureCache.build(backbone, dataset, root, flips, weights_id, check_room=False)
+            for dataset, flips in splits]
+
+
+@torch.no_grad()
+def feature_shapes(backbone, size: int) -> Dict[int, Tuple[int, ...]]:
+    """``(channels, height, width)`` of each level for a ``size`` square image: one probe forward,
+    exact whatever the backbone's padding rounds to."""
+    was_training = backbone.training
+    backbone.eval()
+    feats = backbone(torch.zeros(1, 3, size, size))
+    backbone.train(was_training)
+    return {int(name[1:]): tuple(f.shape[1:]) for name, f in feats.items()}
+
+
+def estimate_cache_bytes(shapes: Dict[int, Tuple[int, ...]], dataset, flips: Sequence[bool]) -> int:
+    """The bytes a cache of ``dataset`` will take: float16 features plus its targets' JSON."""
+    images, copies = len(dataset.image_ids), len(flips)
+    features = sum(math.prod(shape) for shape in shapes.values()) * 2 * images * copies
+    boxes = sum(len(dataset.coco.imgToAnns.get(i, [])) for i in dataset.image_ids)  # crowd ones too: an upper bound
+    return features + (boxes * TARGET_BYTES_PER_BOX + images * TARGET_BYTES_PER_IMAGE) * copies
+
+
+def ensure_room(backbone, splits: Sequence[Tuple[object, Sequence[bool]]], root: Path,
+                max_gb: Optional[float] = None) -> None:
+    """Refuse caches of ``splits`` that would not fit, before anything is written.
+
+    Raises:
+        CacheSpaceError: with the numbers (images, flips, estimated and free GB) and the ways out.
+    """
+    size = splits[0][0].size
+    shapes = feature_shapes(backbone, size)
+    needed = sum(estimate_cache_bytes(shapes, dataset, flips) for dataset, flips in splits)
+    free = shutil.disk_usage(_existing(Path(root))).free
+    if needed * (1 + SLACK) <= free - SPARE_BYTES and (max_gb is None or needed <= max_gb * GB):
+        return
+    raise CacheSpaceError(_refusal(backbone.name, size, shapes, splits, needed, root, free, max_gb))
+
+
+def _refusal(backbone_name: str, size: int, shapes: Dict[int, Tuple[int, ...]], splits, needed: int, root: Path,
+             free: int, max_gb: Optional[float]) -> str:
+    """One line: how big, why it does not fit, how many images would, and the ways out."""
+    parts = ", ".join(f"{len(d.image_ids)} images x {len(f)} flip{'s' if len(f) > 1 else ''}" for d, f in splits)
+    per_image = sum(math.prod(shape) for shape in shapes.values()) * 2
+    if max_gb is not None and needed > max_gb * GB:
+        limit, available = f"over data.cache_max_gb {max_gb:g}", max_gb * GB
+    else:
+        limit = f"but {root} has {_gb(free)} GB free (keeping {SPARE_BYTES / 2 ** 30:g} GiB spare)"
+        available = max(free - SPARE_BYTES, 0) / (1 + SLACK)
+    fits = int(available // (per_image * 2))
+    return (f"the feature cache would take about {_gb(needed)} GB ({parts}; {backbone_name} at {size} px is "
+            f"{per_image / 1e6:.2f} MB an image and flip in float16), {limit}; nothing was written. Ways out: a "
+            f"smaller proxy.image_size (the cache grows with its square), a class-balanced subset "
+            f"(data.max_train_images, data.max_val_images: about {fits} images with both flips fit), a "
+            f"data.cache_dir (--cache-dir) with more room{', a larger data.cache_max_gb' if max_gb is not None else ''}"
+            f", or no cache (backbone.cache: false or --no-cache: the backbone then runs at every step, much slower)")
+
+
+def _gb(count: int | float) -> str:
+    value = count / GB
+    return f"{value:.1f}" if value >= 1 else f"{value:.3g}"
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent: the disk a folder not made yet will be on."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

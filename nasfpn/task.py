@@ -1,8 +1,9 @@
 """Prepare what every candidate of a search shares: data splits, backbone, feature caches.
 
-Where the backbone has no pretrained weights (the built-in data set, offline machines), a short
-warm-up trains it once inside the FPN-baseline proxy on the training split; the warm-up is
-cached by everything it depends on, and its file is named in every result.
+Where the backbone has no pretrained weights (neither a ``weights`` file nor packaged ImageNet
+weights such as ``efficientnet_lite0_imagenet``'s), a short warm-up trains it once inside the
+FPN-baseline proxy on the training split; the warm-up is cached by everything it depends on, and
+its file is named in every result.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from .backbones import build_backbone, weights_fingerprint
-from .cache import FeatureCache, dataset_fingerprint, default_cache_root
+from .backbones import build_backbone, default_weights, weights_fingerprint
+from .cache import FeatureCache, build_caches, dataset_fingerprint, default_cache_root
 from .fsio import atomic_torch_save, atomic_write_text
 from .genotype import load_genotype
 from .train import ProxyConfig, ProxyTask, precision_name, proxy_device, train_proxy
@@ -29,7 +30,8 @@ WARMUP_HEAD_DEPTH = 2  # the warm-up's own detector head, whatever the proxy's
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images come from. No ``annotations``: the built-in synthetic set."""
+    """Where the images come from, and how many the proxy uses. No ``annotations``: the built-in
+    synthetic set."""
     annotations: Optional[str] = None
     images: Optional[str] = None
     val_annotations: Optional[str] = None
@@ -41,12 +43,35 @@ class DataConfig:
     # Where the built-in data, the backbone warm-up and the feature caches live (default
     # $NASFPN_CACHE or ~/.cache/nasfpn); a search saves it resolved, so its resume finds them.
     cache_dir: Optional[str] = None
+    # The proxy's share of a large set: a class-balanced subset of each split, taken after the
+    # split and seeded by split_seed (see nasfpn.data.split.subset_ids); None: every image.
+    # NAS-FPN's own proxy searched on a fixed part of COCO.
+    max_train_images: Optional[int] = None
+    max_val_images: Optional[int] = None
+    # The most a task's feature caches may take, in GB (1e9 bytes); None: the free space of
+    # cache_dir less 1 GiB is the only limit. A cache over either is refused before it is written.
+    cache_max_gb: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_train_images", "max_val_images"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"data.{name}: must be a positive integer or null, got {value!r}")
+        value = self.cache_max_gb
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ValueError(f"data.cache_max_gb: must be a number > 0 or null, got {value!r}")
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
     """Which backbone, from which weights; ``warmup_steps`` trains it first when it has none;
-    ``cache``: a frozen backbone's features are computed once and shared by every trial."""
+    ``cache``: a frozen backbone's features are computed once and shared by every trial.
+
+    ``name``: a torchvision model (``resnet18``), ``timm:NAME`` (``timm:resnet18``, needs the
+    ``pretrained`` extra), ``efficientnet_lite0_imagenet`` (ImageNet weights shipped in a package;
+    the ``pretrained`` extra), or ``package.module:factory``; see ``nasfpn.backbones``.
+    ``weights``: a local file, never downloaded. A backbone with weights (this file or packaged
+    ones) is not warmed up, whatever ``warmup_steps`` says."""
     name: str = "resnet18"
     weights: Optional[str] = None
     return_nodes: Optional[Sequence[str]] = None
@@ -84,16 +109,18 @@ def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig,
         train_ids, val_ids = split_ids(everything.image_ids, data.val_fraction, data.split_seed)
         train = DetectionDataset(everything.coco, images, size, image_ids=train_ids)
         val = DetectionDataset(everything.coco, images, size, image_ids=val_ids)
-    weights = backbone.weights
+    train = proxy_subset(train, data.max_train_images, data.split_seed)
+    val = proxy_subset(val, data.max_val_images, data.split_seed)
+    weights = starting_weights(backbone)
     if weights is None and backbone.freeze and backbone.warmup_steps > 0:
         weights = str(warmup_backbone(train, val, backbone, proxy, root))
     net = build_backbone(backbone.name, weights=weights, return_nodes=backbone.return_nodes, freeze=backbone.freeze,
                          probe_size=size)
     weights_id = weights_fingerprint(weights)
     task = ProxyTask(train, val, net, backbone_weights=str(weights) if weights else "random")
-    if backbone.freeze and backbone.cache and use_cache:
-        task.train_cache = FeatureCache.build(net, train, root, flips=(False, True), weights_id=weights_id)
-        task.val_cache = FeatureCache.build(net, val, root, flips=(False,), weights_id=weights_id)
+    if backbone.freeze and backbone.cache and use_cache:  # room for both is checked before either is written
+        task.train_cache, task.val_cache = build_caches(net, [(train, (False, True)), (val, (False,))], root,
+                                                        weights_id=weights_id, max_gb=data.cache_max_gb)
     val_annotations = str(data.val_annotations) if data.val_annotations else str(annotations)
     task.spec = {
         "size": size,
@@ -106,6 +133,32 @@ def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig,
         "val_cache": str(task.val_cache.folder) if task.val_cache else None,
     }
     return task
+
+
+def proxy_subset(dataset, count: Optional[int], seed: int):
+    """``dataset`` cut to a class-balanced ``count`` images (see ``subset_ids``); itself when
+    ``count`` is None or not smaller. The classes of an image are those of its non-crowd boxes."""
+    from .data import DetectionDataset
+    from .data.split import subset_ids
+
+    if count is None or count >= len(dataset):
+        return dataset
+    coco = dataset.coco
+    classes = {i: [a["category_id"] for a in coco.imgToAnns.get(i, []) if not a.get("iscrowd", 0)]
+               for i in dataset.image_ids}
+    ids = subset_ids(classes, count, seed)
+    log.info("proxy subset: %d of %d images, class-balanced (seed %d)", len(ids), len(dataset), seed)
+    return DetectionDataset(coco, dataset.images, dataset.size, image_ids=ids)
+
+
+def starting_weights(backbone: BackboneConfig) -> Optional[str]:
+    """The backbone's weights before any warm-up: its ``weights`` file, else a named pretrained
+    backbone's packaged file; None: random, to be warmed up. A path, not a name, so that the
+    feature caches and the results name the very file (its digest keys the caches)."""
+    if backbone.weights:
+        return backbone.weights
+    packaged = default_weights(backbone.name)
+    return None if packaged is None else str(packaged)
 
 
 def task_from_spec(spec: Mapping[str, Any]) -> ProxyTask:

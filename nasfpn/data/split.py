@@ -1,8 +1,10 @@
-"""A deterministic train/validation split of one annotation file's images."""
+"""A deterministic train/validation split of one annotation file's images, and a deterministic,
+class-balanced subset of a split (the proxy's data on a large set, ``data.max_train_images``)."""
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections import deque
+from typing import Iterable, Mapping, Optional, Sequence
 
 
 def split_ids(image_ids: Sequence[int], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -27,3 +29,52 @@ def split_ids(image_ids: Sequence[int], val_fraction: float = 0.2, seed: int = 0
     shuffled = list(ids)
     random.Random(seed).shuffle(shuffled)
     return sorted(shuffled[n_val:]), sorted(shuffled[:n_val])
+
+
+def subset_ids(image_classes: Mapping[int, Iterable[int]], count: Optional[int], seed: int = 0) -> list[int]:
+    """``count`` of the images, balanced over classes, sorted; all of them when ``count`` is None
+    or not smaller than their number.
+
+    NAS-FPN's proxy searched on a fixed part of COCO; here the part is chosen round-robin: each
+    class in turn (the rarest first, so that a small ``count`` still reaches the rare classes)
+    takes its next image not yet chosen, its images in an order shuffled by
+    ``random.Random(seed)``, until ``count`` are chosen. Every class keeps
+    ``min(its images, count // classes)`` images or more (a random subset of COCO's size would
+    leave a rare class next to nothing). Images with no box come last, only when the images with
+    boxes are fewer than ``count``: they teach the proxy only background, which every image has.
+
+    Args:
+        image_classes: image id -> the classes of its boxes (empty: no box).
+        count: how many images; None: all.
+        seed: the same ids, classes, count and seed always give the same subset.
+
+    Raises:
+        ValueError: ``count`` not a positive integer.
+    """
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"a subset size must be a positive integer, got {count!r}")
+    classes = {int(i): sorted(set(c)) for i, c in image_classes.items()}
+    ids = sorted(classes)
+    if count is None or count >= len(ids):
+        return ids
+    rng = random.Random(seed)
+    members: dict[int, list[int]] = {}
+    for image_id in ids:
+        for cls in classes[image_id]:
+            members.setdefault(cls, []).append(image_id)
+    turns: deque[deque[int]] = deque()
+    for cls in sorted(members, key=lambda c: (len(members[c]), c)):
+        rng.shuffle(members[cls])
+        turns.append(deque(members[cls]))
+    chosen: set[int] = set()
+    while turns and len(chosen) < count:
+        queue = turns.popleft()
+        while queue and queue[0] in chosen:  # taken already in another class's turn
+            queue.popleft()
+        if queue:
+            chosen.add(queue.popleft())
+            turns.append(queue)
+    empty = [i for i in ids if not classes[i]]
+    rng.shuffle(empty)
+    chosen.update(empty[:count - len(chosen)])
+    return sorted(chosen)

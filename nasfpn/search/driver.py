@@ -26,7 +26,7 @@ import torch
 from ..fsio import atomic_torch_save, atomic_write_text, read_json, read_yaml
 from ..genotype import load_genotype
 from ..space import load_space
-from ..task import prepare_task
+from ..task import DataConfig, prepare_task
 from ..train import ProxyConfig, precision_name, proxy_device, proxy_genotype
 from .config import SearchConfig, search_config
 from .confirm import confirm_proxy, plan, recipe_name
@@ -319,7 +319,16 @@ def recipe_text(proxy: ProxyConfig, config: SearchConfig) -> str:
         "one cell of each neck" if proxy.max_repeats == 1 else f"at most {proxy.max_repeats} repeats"
     return (f"{proxy.steps} steps of batch {proxy.batch_size} at {proxy.image_size} px, width {proxy.width}, "
             f"{proxy.optimizer} lr {proxy.lr}, {precision_name(proxy.amp, proxy_device())}, {repeats}, "
-            f"backbone {config.backbone.name} ({'frozen' if config.backbone.freeze else 'trained'})")
+            f"backbone {config.backbone.name} ({'frozen' if config.backbone.freeze else 'trained'})"
+            f"{subset_text(config.data)}")
+
+
+def subset_text(data: DataConfig) -> str:
+    """The proxy subset in the recipe line (empty without one): it changes every neck's AP."""
+    if data.max_train_images is None and data.max_val_images is None:
+        return ""
+    train, val = ("all" if n is None else f"at most {n}" for n in (data.max_train_images, data.max_val_images))
+    return f", on a class-balanced subset: {train} train / {val} val images (data.split_seed {data.split_seed})"
 
 
 def _plain_proxy(proxy: ProxyConfig) -> Dict[str, Any]:
