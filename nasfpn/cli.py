@@ -25,9 +25,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    if args.version:
-        print(f"nasfpn {__version__}")
-        return 0
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
@@ -44,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasfpn", description="Search, inspect, draw and export neck topologies.")
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--version", action="version", version=f"nasfpn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     refs = ", ".join(reference_names())
 

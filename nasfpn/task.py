@@ -12,14 +12,15 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 from .backbones import build_backbone, default_weights, weights_fingerprint
-from .cache import FeatureCache, build_caches, dataset_fingerprint, default_cache_root
+from .pretrained import default_backbone_name
+from .cache import FeatureCache, build_caches, dataset_fingerprint, default_cache_root, ensure_room
 from .fsio import atomic_torch_save, atomic_write_text
 from .genotype import load_genotype
 from .train import ProxyConfig, ProxyTask, precision_name, proxy_device, train_proxy
@@ -72,7 +73,7 @@ class BackboneConfig:
     the ``pretrained`` extra), or ``package.module:factory``; see ``nasfpn.backbones``.
     ``weights``: a local file, never downloaded. A backbone with weights (this file or packaged
     ones) is not warmed up, whatever ``warmup_steps`` says."""
-    name: str = "resnet18"
+    name: str = field(default_factory=default_backbone_name)  # the pretrained extra's Lite0, else resnet18
     weights: Optional[str] = None
     return_nodes: Optional[Sequence[str]] = None
     freeze: bool = True
@@ -112,15 +113,22 @@ def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig,
     train = proxy_subset(train, data.max_train_images, data.split_seed)
     val = proxy_subset(val, data.max_val_images, data.split_seed)
     weights = starting_weights(backbone)
+    caching = backbone.freeze and backbone.cache and use_cache
+    splits = [(train, (False, True)), (val, (False,))]
     if weights is None and backbone.freeze and backbone.warmup_steps > 0:
+        if caching and not warmup_path(train, backbone, proxy, root).is_file():
+            # The warm-up takes minutes: a cache that cannot fit is refused before it, not after
+            # (feature shapes do not depend on the weights).
+            untrained = build_backbone(backbone.name, return_nodes=backbone.return_nodes, probe_size=size)
+            ensure_room(untrained, splits, root, data.cache_max_gb)
         weights = str(warmup_backbone(train, val, backbone, proxy, root))
     net = build_backbone(backbone.name, weights=weights, return_nodes=backbone.return_nodes, freeze=backbone.freeze,
                          probe_size=size)
     weights_id = weights_fingerprint(weights)
     task = ProxyTask(train, val, net, backbone_weights=str(weights) if weights else "random")
-    if backbone.freeze and backbone.cache and use_cache:  # room for both is checked before either is written
-        task.train_cache, task.val_cache = build_caches(net, [(train, (False, True)), (val, (False,))], root,
-                                                        weights_id=weights_id, max_gb=data.cache_max_gb)
+    if caching:  # room for both is checked before either is written
+        task.train_cache, task.val_cache = build_caches(net, splits, root, weights_id=weights_id,
+                                                        max_gb=data.cache_max_gb)
     val_annotations = str(data.val_annotations) if data.val_annotations else str(annotations)
     task.spec = {
         "size": size,
@@ -182,8 +190,13 @@ def task_from_spec(spec: Mapping[str, Any]) -> ProxyTask:
     return task
 
 
-def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, root: Path) -> Path:
-    """Train the backbone inside an FPN proxy for ``warmup_steps``; cached by its inputs."""
+def warmup_path(train, backbone: BackboneConfig, proxy: ProxyConfig, root: Path) -> Path:
+    """Where the warm-up of ``backbone`` on ``train`` under ``proxy`` is (or will be) cached."""
+    return _warmup_plan(train, backbone, proxy, root)[0]
+
+
+def _warmup_plan(train, backbone: BackboneConfig, proxy: ProxyConfig, root: Path) -> tuple:
+    """The warm-up's file, its cache key and its training recipe."""
     config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0,
                                  seed=backbone.warmup_seed,
                                  max_loss=ProxyConfig.max_loss, head_depth=WARMUP_HEAD_DEPTH, report_every=1,
@@ -197,7 +210,12 @@ def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, ro
            # "anchors": warm-ups made before anchors were kept in float32 under autocast are not reused
            "torch": torch.__version__.split("+")[0], "anchors": "float32"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = root / "warmup" / f"{backbone.name}-{digest}.pt"
+    return root / "warmup" / f"{backbone.name}-{digest}.pt", key, config
+
+
+def warmup_backbone(train, val, backbone: BackboneConfig, proxy: ProxyConfig, root: Path) -> Path:
+    """Train the backbone inside an FPN proxy for ``warmup_steps``; cached by its inputs."""
+    path, key, config = _warmup_plan(train, backbone, proxy, root)
     if path.is_file():
         log.info("warm-up backbone from cache: %s", path)
         return path

@@ -155,7 +155,7 @@ def main() -> None:
                  "threads": args.threads, "config": dataclasses.asdict(config)}
 
     start = time.perf_counter()
-    task = prepare_task(DataConfig(), BackboneConfig(), config, cache_root=args.cache_dir)
+    task = prepare_task(DataConfig(), BackboneConfig(name="resnet18"), config, cache_root=args.cache_dir)
     out["prepare_seconds"] = time.perf_counter() - start
     print(f"built-in data: {len(task.train)} train / {len(task.val)} val images, backbone weights "
           f"{task.backbone_weights} (prepared in {out['prepare_seconds']:.0f} s)")
@@ -192,7 +192,7 @@ def main() -> None:
         voc_to_coco(raccoon, folder / "raccoon.json")
         images = raccoon / "images"
         task = prepare_task(DataConfig(annotations=str(folder / "raccoon.json"), images=str(images)),
-                            BackboneConfig(), config, cache_root=args.cache_dir)
+                            BackboneConfig(name="resnet18"), config, cache_root=args.cache_dir)
         print(f"\nranking on raccoon ({len(task.train)} train / {len(task.val)} val, backbone weights "
               f"{task.backbone_weights}):")
         out["raccoon"] = rank(task, config, args.seeds)

@@ -25,12 +25,7 @@ step() { echo "check-wheel [$((SECONDS - start)) s]: $*"; }
 # Build from a copy of the files git knows (tracked, and new ones not ignored): setuptools reuses
 # build/ and *.egg-info, so a build in the checkout could ship stale files or hide missing ones.
 step "building the wheel"
-mkdir "$work/src" "$work/dist"
-(cd "$repo" && git ls-files -z --cached --others --exclude-standard) \
-    | (cd "$repo" && tar --null --files-from=- --ignore-failed-read -cf - 2>/dev/null) \
-    | tar -xf - -C "$work/src"
-"$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" "$work/src"
-wheel=$(ls "$work/dist"/nasfpn-*.whl)
+wheel=$("$PYTHON" "$repo/scripts/build_wheel.py" "$work/dist")
 
 # A fresh environment of the same interpreter (venv run from a venv uses its base Python). A plain
 # path in a .pth puts PYTHON's site-packages on sys.path after the fresh one; .pth files inside it
@@ -41,7 +36,8 @@ site_of() { "$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])';
 borrowed=$(site_of "$PYTHON")
 fresh=$(site_of "$work/venv/bin/python")
 echo "$borrowed" > "$fresh/borrowed-dependencies.pth"
-"$PYTHON" -m pip --python "$work/venv/bin/python" install -q --no-deps --no-index "$wheel"
+# The fresh interpreter runs the borrowed pip (`pip --python` needs pip 22.3; Ubuntu 22.04 has 22.0).
+"$work/venv/bin/python" -m pip install -q --no-deps --no-index "$wheel"
 
 # Everything below runs outside the checkout, with a cache of its own.
 mkdir "$work/run"

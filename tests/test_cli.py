@@ -105,7 +105,9 @@ def test_sample(tmp_path):
 def test_version(capsys):
     from nasfpn import __version__
 
-    assert main(["--version"]) == 0
+    with pytest.raises(SystemExit) as done:
+        main(["--version", "search"])  # before anything else, as argparse's version action does
+    assert done.value.code == 0
     assert capsys.readouterr().out == f"nasfpn {__version__}\n"
     done = nasfpn_cli("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"nasfpn {__version__}" and done.stderr == ""

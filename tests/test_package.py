@@ -7,8 +7,6 @@ Installing the wheel and running it is scripts/check_wheel.sh's job, not a test'
 import importlib
 import importlib.resources
 import importlib.util
-import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -72,16 +70,11 @@ def _build_wheel(tmp_path: Path) -> Path:
     file missing from the package list."""
     if importlib.util.find_spec("setuptools") is None:
         pytest.skip("setuptools is not installed")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=CHECKOUT, capture_output=True)
-    if listed.returncode != 0:
-        pytest.skip(f"not a git checkout: {listed.stderr.decode().strip()}")
-    source = tmp_path / "src"
-    for name in filter(None, listed.stdout.decode().split("\0")):
-        if (CHECKOUT / name).is_file():  # tracked files deleted in the work tree are skipped
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(CHECKOUT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path / "dist"), str(source)], check=True)
-    (wheel,) = (tmp_path / "dist").glob("nasfpn-*.whl")
-    return wheel
+    sys.path.insert(0, str(CHECKOUT / "scripts"))
+    from build_wheel import build_wheel, git_files
+
+    try:
+        git_files()
+    except RuntimeError as err:
+        pytest.skip(str(err))
+    return build_wheel(tmp_path / "dist")

@@ -25,7 +25,7 @@ from nasfpn.train import ProxyConfig
 
 TINY = {
     "data": {"synthetic_images": 24},
-    "backbone": {"warmup_steps": 2},
+    "backbone": {"name": "resnet18", "warmup_steps": 2},  # the warm-up path, whatever is installed
     "proxy": {"image_size": 128, "width": 8, "head_depth": 1, "steps": 40, "batch_size": 4, "eval_every": 20,
               "warmup_steps": 2},
     "space": "wide",

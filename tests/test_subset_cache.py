@@ -16,7 +16,7 @@ from nasfpn.task import BackboneConfig, DataConfig, prepare_task, proxy_subset
 from nasfpn.train import ProxyConfig
 
 PROXY = ProxyConfig(image_size=128, width=8, head_depth=1, steps=1, batch_size=2)
-NO_WARMUP = BackboneConfig(warmup_steps=0)  # a random backbone: the caches' size does not depend on its weights
+NO_WARMUP = BackboneConfig(name="resnet18", warmup_steps=0)  # a random backbone: the caches' size does not depend on its weights
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +77,18 @@ def test_the_cap_refuses_too_and_a_cache_that_fits_is_built(synthetic, tmp_path,
     assert again.train_cache.folder == task.train_cache.folder
 
 
+def test_the_refusal_comes_before_a_warm_up(synthetic, tmp_path):
+    # A warm-up takes minutes on a real set: waiting for it only to be refused is what not to do.
+    with pytest.raises(CacheSpaceError):
+        prepare_task(_data(synthetic, cache_max_gb=0.001), BackboneConfig(name="resnet18", warmup_steps=2), PROXY, cache_root=tmp_path)
+    assert not (tmp_path / "warmup").exists() and not (tmp_path / "features").exists()
+
+
 def test_the_command_line_refuses_in_one_line_with_exit_2(synthetic, tmp_path, capsys):
     annotations, images = synthetic
     config = tmp_path / "big.yaml"
     config.write_text(f"data: {{annotations: {annotations}, images: {images}, cache_max_gb: 0.001}}\n"
-                      "backbone: {warmup_steps: 0}\nproxy: {image_size: 128, width: 8, head_depth: 1}\n")
+                      "backbone: {name: resnet18, warmup_steps: 0}\nproxy: {image_size: 128, width: 8, head_depth: 1}\n")
     assert main(["train", "--config", str(config), "--cache-dir", str(tmp_path / "cache"), "--steps", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("nasfpn train: error: the feature cache would take about") and "\n" not in err

@@ -112,7 +112,8 @@ def test_config_errors_name_the_key():
 def test_train_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "result.json"
     code = main(["train", "--genotype", "fpn", "--steps", "2", "--batch-size", "2", "--image-size", "128",
-                 "--width", "8", "--warmup-steps", "1", "--cache-dir", str(tmp_path), "--json", str(out),
+                 "--width", "8", "--backbone", "resnet18", "--warmup-steps", "1", "--cache-dir", str(tmp_path),
+                 "--json", str(out),
                  "--config", str(_config(tmp_path))])
     assert code == 0
     printed = capsys.readouterr().out
@@ -171,7 +172,7 @@ def test_the_warm_up_is_cached_by_what_changes_it(splits, tmp_path):
     from nasfpn.task import BackboneConfig, warmup_backbone
 
     train, val, _ = splits
-    backbone = BackboneConfig(warmup_steps=1)
+    backbone = BackboneConfig(name="resnet18", warmup_steps=1)
     first = warmup_backbone(train, val, backbone, dataclasses.replace(TINY, max_repeats=3), tmp_path)
     written = first.stat().st_mtime_ns
     again = warmup_backbone(train, val, backbone, dataclasses.replace(TINY, max_repeats=1, threads=1), tmp_path)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import math
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -161,6 +162,8 @@ def _read_xml(xml: Path, img_dir: Path, details: list[str]) -> dict:
         if box is not None:
             try:
                 coords = tuple(float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                if not all(math.isfinite(c) for c in coords):
+                    raise ValueError("not finite")
             except (TypeError, ValueError):
                 raise DatasetError(f"{xml} object[{index}] ({name}): <bndbox> needs numeric xmin, ymin, xmax "
                                    "and ymax") from None
@@ -350,7 +353,7 @@ def _log(details: list[str], notes: list[str]) -> None:
 def _int(text: str | None) -> int | None:
     try:
         return int(float(text)) if text is not None else None
-    except ValueError:
+    except (ValueError, OverflowError):  # "inf" parses as a float, not as an int
         return None
 
 
