@@ -126,7 +126,7 @@ def default_backbone_name() -> str:
     """The backbone of a config that names none: EfficientNet-Lite0 with ImageNet weights when the
     ``pretrained`` extra is installed, else ResNet-18 warmed up on the data. On the built-in data
     the ImageNet backbone needs no warm-up (about 10 minutes on 2 cores saved) and ranks necks
-    further apart: the no-top-down neck 0.065 AP below FPN, against 0.016 on the warmed-up
+    further apart: the no-top-down neck 0.067 AP below FPN, against 0.015 on the warmed-up
     ResNet-18 (scripts/bench_backbones.py). A search writes the name it used into its config.yaml,
     so its resume does not depend on what is installed then."""
     package = PACKAGED[PRETRAINED_DEFAULT].package

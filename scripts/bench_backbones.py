@@ -13,6 +13,7 @@ to the first trained candidate.
 
     python scripts/bench_backbones.py [--seeds 2] [--out runs/backbones] [--json bench_backbones.json]
                                       [--backbones resnet18 efficientnet_lite0_imagenet] [--no-amp]
+                                      [--proxy '{width: 32}']
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Dict
+
+import yaml
 
 from nasfpn import Genotype, load_genotype
 from nasfpn.fsio import atomic_write_text
@@ -50,11 +53,11 @@ def chosen_necks() -> Dict[str, Genotype]:
     return necks
 
 
-def run_backbone(name: str, seeds: int, out: Path, amp: bool) -> dict:
+def run_backbone(name: str, seeds: int, out: Path, amp: bool, proxy_settings: dict) -> dict:
     """Prepare the task (timed), train every neck x seed not yet in the ledger, and return the
     backbone's figures."""
     out.mkdir(parents=True, exist_ok=True)
-    config = search_config({"backbone": {"name": name}, "proxy": {"amp": amp}})
+    config = search_config({"backbone": {"name": name}, "proxy": {**proxy_settings, "amp": amp}})
     proxy = config.proxy
     start = time.perf_counter()
     task = prepare_task(config.data, config.backbone, proxy)
@@ -135,12 +138,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs") / "backbones")
     parser.add_argument("--json", default="bench_backbones.json")
     parser.add_argument("--no-amp", action="store_true", help="float32 even where the CPU has bfloat16")
+    parser.add_argument("--proxy", default="{}", help="proxy settings over the defaults, YAML: '{width: 32}'")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    results = {b: run_backbone(b, args.seeds, (args.out / b).resolve(), not args.no_amp) for b in args.backbones}
+    settings = yaml.safe_load(args.proxy) or {}
+    results = {b: run_backbone(b, args.seeds, (args.out / b).resolve(), not args.no_amp, settings)
+               for b in args.backbones}
     show(results)
     atomic_write_text(Path(args.json), json.dumps({"machine": platform.processor() or platform.machine(),
-                                                   "seeds": args.seeds, "backbones": results}, indent=1))
+                                                   "seeds": args.seeds, "amp": not args.no_amp, "proxy": settings,
+                                                   "backbones": results}, indent=1))
     print(f"wrote {args.json}")
 
 
