@@ -145,15 +145,15 @@ def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig,
 
 def proxy_subset(dataset, count: Optional[int], seed: int):
     """``dataset`` cut to a class-balanced ``count`` images (see ``subset_ids``); itself when
-    ``count`` is None or not smaller. The classes of an image are those of its non-crowd boxes."""
+    ``count`` is None or not smaller. The classes of an image are those of the boxes the proxy
+    trains on (a zero-size or sub-pixel box does not make its image count for its class)."""
     from .data import DetectionDataset
     from .data.split import subset_ids
 
     if count is None or count >= len(dataset):
         return dataset
     coco = dataset.coco
-    classes = {i: [a["category_id"] for a in coco.imgToAnns.get(i, []) if not a.get("iscrowd", 0)]
-               for i in dataset.image_ids}
+    classes = {i: dataset.labels_of(i) for i in dataset.image_ids}
     ids = subset_ids(classes, count, seed)
     log.info("proxy subset: %d of %d images, class-balanced (seed %d)", len(ids), len(dataset), seed)
     return DetectionDataset(coco, dataset.images, dataset.size, image_ids=ids)

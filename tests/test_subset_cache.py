@@ -1,4 +1,5 @@
 """Own data at scale: the feature cache's size check and the proxy's class-balanced subset."""
+import json
 import shutil
 from collections import Counter
 from types import SimpleNamespace
@@ -169,3 +170,18 @@ def test_the_recipe_line_names_the_subset():
     config = search_config({"data": {"max_train_images": 5000, "split_seed": 2}})
     assert recipe_text(config.proxy, config).endswith(
         ", on a class-balanced subset: at most 5000 train / all val images (data.split_seed 2)")
+
+
+def test_a_box_the_proxy_drops_does_not_count_for_its_class(tmp_path):
+    # Image 3's only "b" box has zero width: the proxy never sees a "b" there, so the subset must
+    # not take image 3 as the rare class's image.
+    coco = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 64} for i in (1, 2, 3)],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 20, 20], "iscrowd": 0},
+                            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 20, 20], "iscrowd": 0},
+                            {"id": 3, "image_id": 3, "category_id": 2, "bbox": [5, 5, 0, 20], "iscrowd": 0}]}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(coco))
+    dataset = DetectionDataset(path, tmp_path, 128)
+    assert dataset.labels_of(3) == [] and dataset.labels_of(1) == [0]
+    assert proxy_subset(dataset, 1, seed=0).image_ids in ([1], [2])

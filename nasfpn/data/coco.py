@@ -173,6 +173,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         return (f"{type(self).__name__}({len(self)} images, {self.num_classes} classes, size={self.size}, "
                 f"images={str(self.images)!r})")
 
+    def labels_of(self, image_id: int) -> list[int]:
+        """The class labels (0-based) of the boxes kept for training (no crowd, empty or tiny ones)."""
+        return self._labels[image_id].tolist()
+
     def scale_of(self, image_id: int) -> float:
         """Canvas pixels per original pixel for this image."""
         info = self.coco.imgs[image_id]
