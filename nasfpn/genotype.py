@@ -39,16 +39,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.resources
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable  # Python 3.11+; only for annotations
+from .shipped import REFERENCE_DIR, yaml_problem, yaml_stems
 
 COMBINES = ("sum", "weighted", "global_attention", "global_attention_avg")
 OPS = ("none", "conv3x3", "relu_conv_bn", "sepconv_bn")
@@ -60,43 +58,6 @@ ACTIVATIONS = ("relu", "swish")
 UNUSED_RULES = ("drop", "sum")
 MAX_INPUTS = 3
 TWO_INPUT_COMBINES = ("global_attention", "global_attention_avg")
-
-
-def shipped_dir(package: str, checkout_folder: str) -> Traversable:
-    """The folder of a data package that setup.cfg maps onto a top-level folder of the checkout.
-
-    The YAML lives once, in the checkout's ``search_spaces/`` and ``controllers/`` where users
-    browse and copy it; setup.cfg's ``package_dir`` installs those folders as the packages
-    ``nasfpn.search_spaces`` and ``nasfpn.controller_settings``, so a wheel carries them and an
-    editable install maps them. Looking them up through the import system finds them in both.
-
-    Raises:
-        ModuleNotFoundError: ``package`` is not installed and the checkout has no such folder
-            (a wheel built without its data).
-    """
-    try:
-        return importlib.resources.files(package)
-    except ModuleNotFoundError as err:
-        # A checkout imported without installing (PYTHONPATH=.) has the folder but not the
-        # mapping; an installed package without it is a packaging bug and must stay loud.
-        beside = Path(__file__).resolve().parent.parent / checkout_folder
-        if err.name != package or not beside.is_dir():
-            raise
-        return beside
-
-
-def yaml_stems(folder: Traversable) -> list[str]:
-    """The names of the ``*.yaml`` files in a shipped folder, without the suffix.
-
-    ``iterdir`` rather than ``glob``: a Traversable need not have ``glob``.
-    """
-    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir()
-                  if entry.name.endswith(".yaml") and entry.is_file())
-
-
-# The reference necks (``fpn.yaml``...) and the spaces (``*_space.yaml``). A Path wherever the
-# package is installed on disk (a wheel, an editable install); only a zip import would differ.
-REFERENCE_DIR = shipped_dir("nasfpn.search_spaces", "search_spaces")
 
 
 class GenotypeError(ValueError):
@@ -377,13 +338,6 @@ class Genotype:
             return cls.from_dict(data)
         except GenotypeError as err:
             raise GenotypeError(f"{source}: {err}") from None
-
-
-def yaml_problem(err: yaml.YAMLError) -> str:
-    """A YAML parse error on one line: the problem and where."""
-    mark = getattr(err, "problem_mark", None)
-    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-    return f"{getattr(err, 'problem', None) or err}{where}".replace("\n", " ")
 
 
 def reference_names() -> list[str]:

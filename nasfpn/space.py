@@ -29,9 +29,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .genotype import (COMBINES, OPS, REFERENCE_DIR, TWO_INPUT_COMBINES, ExtraLevels, Genotype, GenotypeError,
-                       Node, yaml_problem, yaml_stems)
+from .genotype import COMBINES, OPS, TWO_INPUT_COMBINES, ExtraLevels, Genotype, GenotypeError, Node
 from .canonical import topological
+from .shipped import REFERENCE_DIR, yaml_problem, yaml_stems
 
 CHOOSABLE = ("lateral", "extra", "downsample", "activation", "unused")
 SPACE_KEYS = ("name", "description", "cell", "choose", "nodes", "inputs", "combines", "ops", "outputs")

@@ -15,7 +15,8 @@ import pytest
 
 import nasfpn
 from nasfpn.controllers import CONTROLLER_DIR, controller_config_names, load_controller_config
-from nasfpn.genotype import REFERENCE_DIR, load_genotype, reference_names, shipped_dir
+from nasfpn.genotype import load_genotype, reference_names
+from nasfpn.shipped import REFERENCE_DIR, shipped_dir
 from nasfpn.space import load_space, space_names
 
 CHECKOUT = Path(__file__).resolve().parent.parent

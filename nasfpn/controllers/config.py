@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..genotype import shipped_dir, yaml_problem, yaml_stems
+from ..shipped import shipped_dir, yaml_problem, yaml_stems
 
 CONTROLLER_DIR = shipped_dir("nasfpn.controller_settings", "controllers")
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 import yaml
 
-from ..genotype import yaml_problem
+from ..shipped import yaml_problem
 from ..task import BackboneConfig, DataConfig
 from ..train import ProxyConfig, section
 from .confirm import ConfirmConfig
