@@ -17,12 +17,9 @@ from matplotlib.path import Path as MplPath
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Patch
 
 from .genotype import Genotype
+from .vocabulary import COMBINES, DOWNSAMPLES, EXTRA_OPS, LATERALS, OPS
 
 FORMATS = (".png", ".svg")
-COMBINE_LABELS = {"sum": "sum", "weighted": "weighted", "global_attention": "GP attn",
-                  "global_attention_avg": "GP attn avg"}
-OP_LABELS = {"none": "—", "conv3x3": "conv3x3", "relu_conv_bn": "relu-conv-bn", "sepconv_bn": "sepconv-bn"}
-LATERAL_LABELS = {"conv": "1x1 conv", "conv_bn": "1x1 conv + BN", "edge_conv_bn": "per-edge 1x1 conv + BN"}
 UP, DOWN, SAME = "#1f6fb4", "#c8372d", "#555555"
 
 # Layout, in inches (the axes have equal aspect: one data unit is one inch).
@@ -94,11 +91,11 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
         x, y, w, h = boxes[name]
         patches[name] = ax.add_patch(FancyBboxPatch(
             (x - w, y - h), 2 * w, 2 * h, boxstyle="round,pad=0,rounding_size=0.06",
-            fc="#dce8f7" if node.op != "none" else "#ffffff", ec="#2d4d7a",
+            fc="#dce8f7" if OPS[node.op].layer is not None else "#ffffff", ec="#2d4d7a",
             lw=1.6 if name in outputs else 0.9, zorder=3))
         ax.text(x, y + 0.07, name, ha="center", va="center", fontsize=8, fontweight="bold", zorder=4)
-        ax.text(x, y - 0.10, f"{COMBINE_LABELS.get(node.combine, node.combine)} · "
-                f"{OP_LABELS.get(node.op, node.op)}", ha="center", va="center", fontsize=6.5, zorder=4)
+        ax.text(x, y - 0.10, f"{COMBINES[node.combine].label} · {OPS[node.op].label}", ha="center",
+                va="center", fontsize=6.5, zorder=4)
     extra = set(g.levels) - set(g.cell_levels)
     for level in rows:
         x, y, w, h = boxes[f"out{level}"]
@@ -122,7 +119,7 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
         if level in extra:
             edges.append((f"out{level - 1}", f"out{level}", "#8a6d1f", "--", 0.9))
             x, y, w, _ = boxes[f"out{level}"]
-            ax.text(x + w + 0.04, y - ROW / 2, g.extra.ops[k].replace("_", "-"), ha="left",
+            ax.text(x + w + 0.04, y - ROW / 2, EXTRA_OPS[g.extra.ops[k]].label, ha="left",
                     va="center", fontsize=6.5, color="#8a6d1f", rotation=90)
     placed: set[tuple[int, int]] = set()
     for src, dst, color, style, lw in sorted(edges, key=lambda e: _length(boxes, e[0], e[1])):
@@ -138,7 +135,7 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
         heading += f"  × {genotype.repeats}"
     fig.text(0.5, 1 - 0.28 / height, heading, ha="center", va="center", fontsize=13, fontweight="bold")
     fig.text(0.5, 1 - 0.62 / height, _subtitle(g), ha="center", va="center", fontsize=8.5, color="#333333")
-    down = "3x3 stride-2 conv" if g.downsample == "conv" else "max-pool"
+    down = DOWNSAMPLES[g.downsample].label
     handles = [Line2D([], [], color=UP, lw=1.4, label="from coarser (nearest upsample)"),
                Line2D([], [], color=DOWN, lw=1.4, label=f"from finer ({down})"),
                Line2D([], [], color=SAME, lw=1.4, label="same level"),
@@ -154,14 +151,14 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
 
 
 def _subtitle(g: Genotype) -> str:
-    parts = [f"lateral: {LATERAL_LABELS.get(g.lateral, g.lateral)}"]
+    parts = [f"lateral: {LATERALS[g.lateral].label}"]
     if g.extra.ops:
         names = ", ".join(f"P{level}" for level in g.extra_levels)
         top = g.backbone_levels[-1]
         source = {"backbone": f"backbone C{top}", "lateral": f"P{top} input",
                   "output": f"P{top} output"}.get(g.extra.source, g.extra.source)
         parts.append(f"extra {names}: {', '.join(g.extra.ops)} from {source}")
-    if any(g.nodes[i].op == "sepconv_bn" for i in g.live_nodes()):
+    if any(OPS[g.nodes[i].op].reads_activation for i in g.live_nodes()):
         parts.append(f"activation: {g.activation}")
     return "   ·   ".join(parts)
 

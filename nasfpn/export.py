@@ -1,14 +1,16 @@
 """Write a genotype's neck as a standalone, readable PyTorch file (imports only torch).
 
 The file carries the source of the layers it uses, copied from :mod:`nasfpn.ops`, so it runs
-the same code as the built neck, and registers its learned layers under the same names, so a
-state dict of :func:`nasfpn.build_neck`'s module loads into it unchanged. Its ``forward`` spells
-the graph out one node a line. The only free text of a genotype (its name) enters the file as a
+the same code as the built neck, and makes its learned layers by the same calls (the
+:class:`~nasfpn.vocabulary.Layer` the builder made each from) under the same names, so a state
+dict of :func:`nasfpn.build_neck`'s module loads into it unchanged. Its ``forward`` spells the
+graph out one node a line. The only free text of a genotype (its name) enters the file as a
 Python string literal made by ``repr``; everything else written is generated from validated
 choices.
 """
 from __future__ import annotations
 
+import ast
 import inspect
 import keyword
 from pathlib import Path
@@ -20,9 +22,7 @@ from . import ops
 from .fsio import atomic_write_text
 from .genotype import Genotype
 from .neck import Neck, build_neck
-
-_OP_LAYERS = {"conv3x3": "nn.Conv2d({w}, {w}, 3, padding=1)", "relu_conv_bn": "ReluConvBN({w})",
-              "sepconv_bn": "SepConvBN({w}, swish={swish})"}
+from .vocabulary import COMBINES, Layer
 
 
 def export_neck(genotype: Genotype, in_channels: Mapping[int, int] | Sequence[int], path: str | Path | None = None,
@@ -55,8 +55,7 @@ class _Writer:
     def source(self) -> str:
         cells, self.cell_types = self._cell_classes()
         neck = self._neck_class()
-        names = sorted(self.used, key=lambda n: list(vars(ops)).index(n))
-        layers = "\n\n\n".join(inspect.getsource(getattr(ops, n)).rstrip() for n in names)
+        layers = "\n\n\n".join(inspect.getsource(getattr(ops, n)).rstrip() for n in _with_what_they_use(self.used))
         g = self.genotype
         header = (
             f'"""A feature-pyramid neck exported by nasfpn (genotype {g.hash()[:12]}).\n\n'
@@ -93,57 +92,43 @@ class _Writer:
         return classes, types
 
     def _cell_code(self, cell) -> tuple[list[str], list[str]]:
-        g, w = self.graph, self.width
+        g = self.graph
         init, body = [], []
         for name, sources, _ in cell.plan:
             node = g.nodes[int(name[1:])]
             module = cell._modules[name]
             init.append(f"self.{name} = Parts()")
+            init += self._made(module.calls, f"self.{name}.")
             exprs = []
-            for j, src in enumerate(sources):
+            for src, adapter, step, down in zip(sources, module.adapters, module.steps, module.downs):
                 expr = src.lower()
-                if f"lat{j}" in module._modules:
-                    c = module._modules[f"lat{j}"].conv.in_channels
-                    init.append(f"self.{name}.lat{j} = ConvBN({c}, {w})")
-                    self.used.add("ConvBN")
-                    expr = f"self.{name}.lat{j}({expr})"
-                step = module.steps[j]
+                if adapter is not None:
+                    expr = f"self.{name}.{adapter}({expr})"
                 if step < 0:
                     expr = f"upsample({expr}, p{node.level})"
-                elif step > 0 and f"down{j}" in module._modules:
-                    init.append(f"self.{name}.down{j} = DownConv({w}, {2 ** step})")
-                    self.used.add("DownConv")
-                    expr = f"self.{name}.down{j}({expr})"
+                elif down is not None:
+                    expr = f"self.{name}.{down}({expr})"
                 elif step > 0:
                     expr = f"downsample({expr}, {2 ** step})"
                 exprs.append(expr)
-            if node.combine == "sum":
-                merged = " + ".join(exprs)
-            elif node.combine == "weighted":
-                init.append(f"self.{name}.fuse = WeightedFusion({len(exprs)})")
-                self.used.add("WeightedFusion")
-                merged = f"self.{name}.fuse([{', '.join(exprs)}])"
-            else:
-                hi, lo = exprs if module.hi_first else exprs[::-1]
-                self.used.add(node.combine)
-                merged = f"{node.combine}({hi}, {lo})"
-            if node.op != "none":
-                init.append(f"self.{name}.op = " + _OP_LAYERS[node.op].format(w=w, swish=g.activation == "swish"))
-                self.used.update({"relu_conv_bn": ["ReluConvBN"], "sepconv_bn": ["SepConvBN"]}.get(node.op, []))
+            combine = COMBINES[node.combine]
+            if combine.function:
+                self.used.add(combine.function)
+            merged = combine.source([exprs[j] for j in module.order], fuse=f"self.{name}.fuse")
+            if module.op is not None:
                 merged = f"self.{name}.op({merged})"
             body.append(f"# {name}: level {node.level}, {node.combine}({', '.join(sources)}) -> {node.op}")
             body.append(f"{name} = {merged}")
-        outs = []
-        for level, src in zip(g.cell_levels, g.outputs):
-            if f"out_p{level}" in cell._modules:
-                c = cell._modules[f"out_p{level}"].conv.in_channels
-                init.append(f"self.out_p{level} = ConvBN({c}, {w})")
-                self.used.add("ConvBN")
-                outs.append(f"self.out_p{level}({src.lower()})")
-            else:
-                outs.append(src.lower())
+        init += self._made(cell.calls, "self.")
+        outs = [src.lower() if adapter is None else f"self.{adapter}({src.lower()})"
+                for src, adapter in zip(g.outputs, cell.output_adapters)]
         body.append(f"return {', '.join(outs)}")
         return init, body
+
+    def _made(self, calls: Mapping[str, Layer], owner: str) -> list[str]:
+        """The lines that make a module's learned layers, by the calls the builder made them with."""
+        self.used.update(call.name for call in calls.values())
+        return [f"{owner}{path} = {call.source()}" for path, call in calls.items()]
 
     def _cell_source(self, name: str, init: list[str], body: list[str]) -> str:
         args = ", ".join(f"p{lv}: Tensor" for lv in self.graph.cell_levels)
@@ -158,42 +143,28 @@ class _Writer:
     def _neck_class(self) -> str:
         g, w, neck = self.genotype, self.width, self.neck
         backbone = g.backbone_levels
-        init = [f"self.out_channels = {w}", "self.lateral = Parts()"]
+        init = [f"self.out_channels = {w}"]
+        for stage in ("lateral", "extra"):  # the neck's learned layers outside the cells, by stage
+            init.append(f"self.{stage} = Parts()")
+            init += self._made({path: call for path, call in neck.calls.items() if path.startswith(f"{stage}.")},
+                               "self.")
         body = ["feats = list(x.values())",
                 f"if len(feats) != {len(backbone)}:",
                 f"    raise ValueError('expected {len(backbone)} backbone features, levels {list(backbone)}')"]
         body += [f"c{lv} = feats[{k}]" for k, lv in enumerate(backbone)]
-        for lv in backbone:
-            layer = neck.lateral[f"p{lv}"] if f"p{lv}" in neck.lateral else None
-            if layer is None:
-                body.append(f"p{lv} = c{lv}")
-                continue
-            if g.lateral == "conv":
-                init.append(f"self.lateral.p{lv} = nn.Conv2d({layer.in_channels}, {w}, 1)")
-            else:
-                init.append(f"self.lateral.p{lv} = ConvBN({layer.conv.in_channels}, {w})")
-                self.used.add("ConvBN")
-            body.append(f"p{lv} = self.lateral.p{lv}(c{lv})")
-        init.append("self.extra = Parts()")
+        body += [f"p{lv} = self.lateral.p{lv}(c{lv})" if lv in neck.lateral_levels else f"p{lv} = c{lv}"
+                 for lv in backbone]
         extra = []
-        source = {"backbone": f"c{backbone[-1]}", "lateral": f"p{backbone[-1]}", "output": f"p{backbone[-1]}"}[g.extra.source]
-        for lv, op in zip(g.extra_levels, g.extra.ops):
-            layer = neck.extra[f"p{lv}"]
-            if op in ("conv", "relu_conv"):
-                init.append(f"self.extra.p{lv} = ExtraConv({layer.conv.in_channels}, {w}, relu={op == 'relu_conv'})")
-                self.used.add("ExtraConv")
-            else:
-                c = layer.project.conv.in_channels if op == "proj_pool" else w
-                init.append(f"self.extra.p{lv} = ExtraPool({c}, {w}, project={op == 'proj_pool'})")
-                self.used.update({"ExtraPool", "ConvBN"})
+        source = f"c{backbone[-1]}" if neck.extra_from_backbone else f"p{backbone[-1]}"
+        for lv in g.extra_levels:
             extra.append(f"p{lv} = self.extra.p{lv}({source})")
             source = f"p{lv}"
-        if g.extra.source != "output":
+        if not neck.extra_after_cells:
             body += extra
         init.append(f"self.cells = nn.ModuleList([{', '.join(f'{c}()' for c in self.cell_types)}])")
         state = ", ".join(f"p{lv}" for lv in g.cell_levels)
         body += ["for cell in self.cells:", f"    {state} = cell({state})"]
-        if g.extra.source == "output":
+        if neck.extra_after_cells:
             body += extra
         body.append("return {" + ", ".join(f"'p{lv}': p{lv}" for lv in g.levels) + "}")
         lines = [f"class {self.class_name}(nn.Module):",
@@ -203,6 +174,22 @@ class _Writer:
         lines += ["", "    def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:"]
         lines += [f"        {line}" for line in body]
         return "\n".join(lines) + "\n"
+
+
+def _with_what_they_use(names: set[str]) -> list[str]:
+    """The functions and layers of :mod:`nasfpn.ops` among ``names`` (others, like ``nn.Conv2d``,
+    are torch's) and those their source uses, in the order ops defines them (so each is defined
+    before the code that runs it)."""
+    defined = [name for name, value in vars(ops).items() if getattr(value, "__module__", None) == ops.__name__]
+    needed: set[str] = set()
+    todo = [name for name in names if name in defined]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            tree = ast.parse(inspect.getsource(getattr(ops, name)))
+            todo += [node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id in defined]
+    return [name for name in defined if name in needed]
 
 
 def load_exported(path: str | Path, class_name: str = "ExportedNeck"):

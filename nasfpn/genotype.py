@@ -2,7 +2,10 @@
 
 A genotype is the only picture of a topology in this project: the search spaces, the
 controllers, the builder (:func:`nasfpn.build_neck`), the exporter and the drawings all read
-it, and none keeps a private rule of its own. The rules of the language are all here:
+it, and none keeps a private rule of its own. The rules of the language are all here, in words
+below and in code in this module (:meth:`Genotype.validate`, :func:`spell_out_unused`,
+:func:`topological`); the words themselves (ops, combines, laterals, extra-level ops,
+downsampling) are records of :mod:`nasfpn.vocabulary`.
 
 * ``levels``: the pyramid levels the neck returns, ascending and consecutive, e.g. ``(3..7)``.
 * The backbone provides the lowest ``len(levels) - len(extra.ops)`` of them (C3..C5).
@@ -12,17 +15,17 @@ it, and none keeps a private rule of its own. The rules of the language are all 
   backbone feature whose channels differ from ``width`` has its own 1x1 conv + BN (EfficientDet).
 * ``extra``: how the levels the backbone lacks are made, each from the one below it.
   ``source`` is where the first comes from: ``backbone`` (the raw top feature, C5),
-  ``lateral`` (the top cell input, P5) or ``output`` (the neck's top output, after the last
-  cell, as torchvision's RetinaNet does; not with ``edge_conv_bn``, which has no shared
-  lateral). ``ops``, one per missing level: ``conv`` (3x3 stride-2
-  conv), ``relu_conv`` (ReLU then that conv), ``pool`` (2x2 max-pool), ``proj_pool`` (1x1 conv +
-  BN, then 2x2 max-pool).
+  ``lateral`` (the top cell input, P5; not with ``edge_conv_bn``, which has no shared lateral)
+  or ``output`` (the neck's top output, after the last cell, as torchvision's RetinaNet does).
+  ``ops``, one per missing level: ``conv`` (3x3 stride-2 conv), ``relu_conv`` (ReLU then that
+  conv), ``pool`` (2x2 max-pool), ``proj_pool`` (1x1 conv + BN, then 2x2 max-pool).
 * Cell inputs are named ``P{level}``: every level, or only the backbone's when
   ``extra.source`` is ``output``; those are the *cell levels*. Node ``i`` is named ``n{i}``.
 * A node reads 1 to 3 distinct, earlier names (``inputs``), resamples each to its ``level``
   (nearest upsampling to the exact size going finer; going coarser a max-pool, or with
   ``downsample: conv`` a stride-2 3x3 conv per edge), merges them with ``combine`` and applies
-  ``op``. ``global_attention`` (and ``global_attention_avg``) merge exactly two inputs.
+  ``op``. ``global_attention`` (and ``global_attention_avg``) merge exactly two inputs, the
+  coarser as ``hi`` (on a tie, the first listed).
 * ``outputs``: one name per cell level, giving that level's output.
 * ``unused``: what happens to a node or cell input that no node reads and no output names.
   ``drop``: it is not computed. ``sum`` (NAS-FPN's rule): it is added to the output of its level
@@ -38,26 +41,20 @@ it, and none keeps a private rule of its own. The rules of the language are all 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import yaml
 
+from .canonical import canonical_form, canonical_hash
 from .shipped import REFERENCE_DIR, yaml_problem, yaml_stems
+from .vocabulary import COMBINES, DOWNSAMPLES, EXTRA_OPS, LATERALS, MAX_INPUTS, OPS
 
-COMBINES = ("sum", "weighted", "global_attention", "global_attention_avg")
-OPS = ("none", "conv3x3", "relu_conv_bn", "sepconv_bn")
-LATERALS = ("conv", "conv_bn", "edge_conv_bn")
+# The fields that are choices of the language rather than words of its vocabulary.
 EXTRA_SOURCES = ("backbone", "lateral", "output")
-EXTRA_OPS = ("conv", "relu_conv", "pool", "proj_pool")
-DOWNSAMPLES = ("pool", "conv")
 ACTIVATIONS = ("relu", "swish")
 UNUSED_RULES = ("drop", "sum")
-MAX_INPUTS = 3
-TWO_INPUT_COMBINES = ("global_attention", "global_attention_avg")
 
 
 class GenotypeError(ValueError):
@@ -151,9 +148,9 @@ class Genotype:
                                         f"{sorted(known, key=_name_order)}")
             if len(set(node.inputs)) != len(node.inputs):
                 raise GenotypeError(f"{where}: inputs {list(node.inputs)} name the same input twice")
-            if node.combine in TWO_INPUT_COMBINES and len(node.inputs) != 2:
-                raise GenotypeError(f"{where}: combine {node.combine!r} merges exactly 2 inputs, "
-                                    f"got {len(node.inputs)}")
+            if len(node.inputs) not in COMBINES[node.combine].arity:
+                raise GenotypeError(f"{where}: combine {node.combine!r} merges "
+                                    f"{COMBINES[node.combine].arity_text()} inputs, got {len(node.inputs)}")
             known[f"n{i}"] = node.level
         if len(self.outputs) != len(self.cell_levels):
             raise GenotypeError(f"outputs: one output per cell level {list(self.cell_levels)} is needed, "
@@ -183,35 +180,36 @@ class Genotype:
             raise GenotypeError(f"levels: must be a non-empty list of positive integers, got {list(levels)!r}")
         if list(levels) != list(range(levels[0], levels[0] + len(levels))):
             raise GenotypeError(f"levels: must be ascending and consecutive, got {list(levels)!r}")
-        if self.lateral == "edge_conv_bn" and self.extra.source == "lateral":
-            raise GenotypeError("extra.source: 'lateral' needs a shared lateral to start from, and "
-                                "lateral 'edge_conv_bn' has none; use 'backbone' (EfficientDet's way)")
+        if self.extra.source == "lateral" and not LATERALS[self.lateral].shared:
+            raise GenotypeError(f"extra.source: 'lateral' needs a shared lateral to start from, and "
+                                f"lateral {self.lateral!r} has none; use 'backbone' (EfficientDet's way)")
         if len(self.extra.ops) >= len(levels):
             raise GenotypeError(
                 f"extra.ops: {len(self.extra.ops)} extra levels leave no backbone level in {list(levels)}")
 
-    # --- canonical form and hash ---------------------------------------------------------
+    # --- derived forms ----------------------------------------------------------------------
+    def spelled_out(self) -> "Genotype":
+        """This genotype with the ``unused: sum`` rule written as explicit nodes (the builder,
+        exporter and drawings work from this; node order is otherwise kept)."""
+        return spell_out_unused(self.validate())
+
+    def renumbered(self, order: Sequence[int]) -> "Genotype":
+        """The same graph with its nodes listed in ``order`` (old indices), names renumbered."""
+        rename = {f"n{old}": f"n{new}" for new, old in enumerate(order)}
+        nodes = tuple(dataclasses.replace(self.nodes[i], inputs=tuple(rename.get(n, n) for n in self.nodes[i].inputs))
+                      for i in order)
+        return self.replace(nodes=nodes, outputs=tuple(rename.get(n, n) for n in self.outputs))
+
     def canonical(self) -> "Genotype":
         """The same graph in one spelling: the ``unused`` rule spelled out as nodes, dead nodes
         dropped, independent nodes ordered by structure, and fields with no effect reset.
         (A cell whose outputs are all cell inputs has no live node: its canonical form has an
         empty node list, which identifies it but is not itself a valid genotype.)"""
-        from .canonical import canonical_form
-
         return canonical_form(self)
 
     def hash(self) -> str:
         """A stable hex digest of the canonical form (the name is not part of it)."""
-        data = self.canonical().to_dict()
-        data.pop("name", None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-    def spelled_out(self) -> "Genotype":
-        """This genotype with the ``unused: sum`` rule written as explicit nodes (the builder,
-        exporter and drawings work from this; node order is otherwise kept)."""
-        from .canonical import spell_out_unused
-
-        return spell_out_unused(self.validate())
+        return canonical_hash(self)
 
     def live_nodes(self) -> set[int]:
         """Indices of the nodes an output depends on (with ``unused: sum``, every node)."""
@@ -340,6 +338,74 @@ class Genotype:
             raise GenotypeError(f"{source}: {err}") from None
 
 
+# --- the unused rule and the node order --------------------------------------------------------
+def spell_out_unused(genotype: Genotype) -> Genotype:
+    """Rewrite ``unused: sum`` as explicit nodes: the output node's merge keeps its inputs with
+    op ``none``, and a ``sum`` node with the output's op adds the unread features of its level.
+
+    As in Google's NAS-FPN, an output node absorbs the unread features listed before it (cell
+    inputs always are); nodes that read the output then read the sum, which carries its op. An
+    output that is a cell input absorbs every unread node of its level and stays a plain input
+    for its other readers. Ordering by the list keeps this acyclic.
+    """
+    if genotype.unused != "sum":
+        return genotype
+    read = {n for node in genotype.nodes for n in node.inputs}
+    names = list(genotype.cell_inputs) + [f"n{i}" for i in range(len(genotype.nodes))]
+    unread = [n for n in names if n not in read and n not in genotype.outputs]
+    nodes = list(genotype.nodes)
+    rename: dict[str, str] = {}
+    outputs = list(genotype.outputs)
+    most = max(COMBINES["sum"].arity)
+    for k, (level, out) in enumerate(zip(genotype.cell_levels, genotype.outputs)):
+        before = _name_order(out) if out.startswith("n") else (2, 0)
+        extra = [n for n in unread if genotype.level_of(n) == level and _name_order(n) < before]
+        if not extra:
+            continue
+        op = "none"
+        if out.startswith("n"):
+            i = int(out[1:])
+            op = nodes[i].op
+            nodes[i] = dataclasses.replace(nodes[i], op="none")
+        current = out
+        while extra:
+            take, extra = extra[: most - 1], extra[most - 1:]
+            nodes.append(Node((current, *take), level, "sum", "none" if extra else op))
+            current = f"n{len(nodes) - 1}"
+        if out.startswith("n"):
+            rename[out] = current
+        outputs[k] = current
+    # Readers of a rewritten output node read the sum that now carries its op; the sums are at
+    # the end of the list, so the readers move after them by a topological re-sort.
+    original = len(genotype.nodes)
+    fixed = [dataclasses.replace(node, inputs=tuple(rename.get(n, n) for n in node.inputs)) if j < original else node
+             for j, node in enumerate(nodes)]
+    return topological(genotype.replace(nodes=tuple(fixed), outputs=tuple(outputs), unused="drop"))
+
+
+def topological(genotype: Genotype) -> Genotype:
+    """Reorder nodes so each comes after its inputs, keeping the listed order where it can
+    (names are renumbered to match).
+
+    Raises:
+        GenotypeError: the nodes read each other in a cycle.
+    """
+    deps = {i: {int(n[1:]) for n in node.inputs if n.startswith("n")} for i, node in enumerate(genotype.nodes)}
+    order: list[int] = []
+    placed: set[int] = set()
+    while len(order) < len(deps):
+        progress = False
+        for i in range(len(deps)):
+            if i not in placed and deps[i] <= placed:
+                order.append(i)
+                placed.add(i)
+                progress = True
+        if not progress:
+            raise GenotypeError("nodes: the graph has a cycle")
+    return genotype.renumbered(order)
+
+
+# --- files -------------------------------------------------------------------------------------
 def reference_names() -> list[str]:
     """Names of the genotypes shipped under ``search_spaces/`` (loadable by name)."""
     return sorted(name for name in yaml_stems(REFERENCE_DIR) if not name.endswith("_space"))
@@ -388,8 +454,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_choice(value: Any, choices: Sequence[str], where: str) -> None:
-    if value not in choices:
+def _check_choice(value: Any, choices: Collection[str], where: str) -> None:
+    if not isinstance(value, str) or value not in choices:
         raise GenotypeError(f"{where}: unknown value {value!r}; choose one of {list(choices)}")
 
 

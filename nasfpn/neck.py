@@ -6,14 +6,14 @@ forward passes are short loops over that plan and mutate nothing they are given.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .genotype import Genotype, GenotypeError
-from .ops import (ConvBN, DownConv, ExtraConv, ExtraPool, ReluConvBN, SepConvBN, WeightedFusion,
-                  downsample, global_attention, global_attention_avg, upsample)
+from .ops import downsample, upsample
+from .vocabulary import COMBINES, DOWNSAMPLES, EXTRA_OPS, LATERALS, OPS, Layer, adapter
 
 
 def build_neck(genotype: Genotype, in_channels: Mapping[int, int] | Sequence[int],
@@ -40,69 +40,84 @@ def build_neck(genotype: Genotype, in_channels: Mapping[int, int] | Sequence[int
     return Neck(genotype, in_channels, width)
 
 
-class MergeNode(nn.Module):
+class _MadeFromCalls(nn.Module):
+    """A module whose learned layers are made from vocabulary calls. ``calls`` keeps each call by
+    the layer's path, in the order made: the exporter writes exactly these."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Dict[str, Layer] = {}
+
+    def add_layer(self, path: str, call: Layer) -> nn.Module:
+        parent, _, name = path.rpartition(".")
+        module = call.make()
+        self.get_submodule(parent).add_module(name, module)
+        self.calls[path] = call
+        return module
+
+
+class MergeNode(_MadeFromCalls):
     """One node: resample every input to the node's level, merge, apply the op.
 
     Holds its learned parts under the names the exporter uses: ``lat{j}`` (a first-cell channel
-    adapter on input j), ``down{j}`` (a learned downsampling of input j), ``fuse`` (weighted
-    fusion) and ``op``.
+    adapter on input j), ``down{j}`` (a learned downsampling of input j), ``fuse`` (a learned
+    merge) and ``op``. What each input goes through and how the merge is computed are settled
+    here, so ``forward`` only calls. Parts are reached through their attributes, never through
+    a second reference, so that a tool that swaps a submodule (quantisation, BN freezing,
+    DataParallel's replicas) is followed.
     """
 
     def __init__(self, genotype: Genotype, index: int, channels: Mapping[str, int], width: int):
         super().__init__()
         node = genotype.nodes[index]
-        self.combine = node.combine
+        combine = COMBINES[node.combine]
+        levels = [genotype.level_of(name) for name in node.inputs]
         # Per input: how many levels it moves (negative: coarser input, upsample).
-        self.steps = [node.level - genotype.level_of(name) for name in node.inputs]
-        for j, name in enumerate(node.inputs):
-            if channels[name] != width:
-                self.add_module(f"lat{j}", ConvBN(channels[name], width))
-            if self.steps[j] > 0 and genotype.downsample == "conv":
-                self.add_module(f"down{j}", DownConv(width, 2 ** self.steps[j]))
-        if node.combine == "weighted":
-            self.fuse = WeightedFusion(len(node.inputs))
-        if node.combine in ("global_attention", "global_attention_avg"):
-            # Orientation follows the inputs' own levels; on a tie the first input is "hi".
-            a, b = (genotype.level_of(n) for n in node.inputs)
-            self.hi_first = a >= b
-        op = {"none": None, "conv3x3": lambda: nn.Conv2d(width, width, 3, padding=1),
-              "relu_conv_bn": lambda: ReluConvBN(width),
-              "sepconv_bn": lambda: SepConvBN(width, swish=genotype.activation == "swish")}[node.op]
-        if op is not None:
-            self.op = op()
+        self.steps = [node.level - level for level in levels]
+        learned_down = DOWNSAMPLES[genotype.downsample].layer
+        # Per input, the names of its adapter and its learned downsampling, or None.
+        self.adapters: List[Optional[str]] = []
+        self.downs: List[Optional[str]] = []
+        for j, (name, step) in enumerate(zip(node.inputs, self.steps)):
+            adapts, learns = channels[name] != width, step > 0 and learned_down is not None
+            if adapts:
+                self.add_layer(f"lat{j}", adapter(channels[name], width))
+            if learns:
+                self.add_layer(f"down{j}", learned_down(width, 2 ** step))
+            self.adapters.append(f"lat{j}" if adapts else None)
+            self.downs.append(f"down{j}" if learns else None)
+        # The positions of the inputs in the order the merge takes them (attention: coarser first).
+        self.order = combine.order(levels)
+        # The merge: a learned layer called on the list of inputs, or a function of them.
+        self.fuse = None if combine.layer is None else self.add_layer("fuse", combine.layer(len(node.inputs)))
+        self.merge = combine.merge_function()
+        op = OPS[node.op].layer
+        self.op = None if op is None else self.add_layer("op", op(width, genotype.activation))
 
     def forward(self, inputs: List[Tensor], like: Tensor) -> Tensor:
         xs = []
-        for j, x in enumerate(inputs):
-            modules = self._modules
-            if f"lat{j}" in modules:
-                x = modules[f"lat{j}"](x)
-            if self.steps[j] < 0:
+        for x, adapter_name, step, down in zip(inputs, self.adapters, self.steps, self.downs):
+            if adapter_name is not None:
+                x = self._modules[adapter_name](x)
+            if step < 0:
                 x = upsample(x, like)
-            elif self.steps[j] > 0:
-                x = modules[f"down{j}"](x) if f"down{j}" in modules else downsample(x, 2 ** self.steps[j])
+            elif down is not None:
+                x = self._modules[down](x)
+            elif step > 0:
+                x = downsample(x, 2 ** step)
             xs.append(x)
-        if self.combine == "sum":
-            out = xs[0]
-            for x in xs[1:]:
-                out = out + x
-        elif self.combine == "weighted":
-            out = self.fuse(xs)
-        else:
-            hi, lo = (xs[0], xs[1]) if self.hi_first else (xs[1], xs[0])
-            merge = global_attention if self.combine == "global_attention" else global_attention_avg
-            out = merge(hi, lo)
-        return self.op(out) if "op" in self._modules else out
+        ordered = [xs[j] for j in self.order]
+        out = self.merge(ordered) if self.fuse is None else self.fuse(ordered)
+        return out if self.op is None else self.op(out)
 
 
-class Cell(nn.Module):
+class Cell(_MadeFromCalls):
     """One repeat of the cell: its live nodes, in genotype order, named ``n{i}``."""
 
     def __init__(self, genotype: Genotype, channels: Mapping[str, int], width: int):
         super().__init__()
         self.input_names = genotype.cell_inputs
         self.outputs = genotype.outputs
-        self.output_levels = genotype.cell_levels
         self.plan = []  # (node name, its inputs, the cell input giving its size)
         channels = dict(channels)
         for i in sorted(genotype.live_nodes()):
@@ -112,19 +127,22 @@ class Cell(nn.Module):
             channels[f"n{i}"] = width
         # An output that is a first-cell backbone feature of another width gets its own adapter,
         # like every other edge that reads one.
+        self.output_adapters: List[Optional[str]] = []  # per output, the name of its adapter or None
         for level, name in zip(genotype.cell_levels, genotype.outputs):
-            if channels[name] != width:
-                self.add_module(f"out_p{level}", ConvBN(channels[name], width))
+            adapts = channels[name] != width
+            if adapts:
+                self.add_layer(f"out_p{level}", adapter(channels[name], width))
+            self.output_adapters.append(f"out_p{level}" if adapts else None)
 
     def forward(self, inputs: List[Tensor]) -> List[Tensor]:
         values: Dict[str, Tensor] = dict(zip(self.input_names, inputs))
         for name, sources, size_from in self.plan:
             values[name] = self._modules[name]([values[s] for s in sources], values[size_from])
-        return [self._modules[f"out_p{lv}"](values[name]) if f"out_p{lv}" in self._modules else values[name]
-                for lv, name in zip(self.output_levels, self.outputs)]
+        return [values[name] if adapter_name is None else self._modules[adapter_name](values[name])
+                for adapter_name, name in zip(self.output_adapters, self.outputs)]
 
 
-class Neck(nn.Module):
+class Neck(_MadeFromCalls):
     """The neck of a genotype: laterals, extra levels, ``repeats`` cells. See :func:`build_neck`."""
 
     def __init__(self, genotype: Genotype, in_channels: Mapping[int, int] | Sequence[int],
@@ -149,24 +167,26 @@ class Neck(nn.Module):
 
         # Which cell inputs the first cell reads; only those get a lateral.
         read = {n for i in graph.live_nodes() for n in graph.nodes[i].inputs} | set(graph.outputs)
+        lateral = LATERALS[genotype.lateral].layer
         self.lateral = nn.ModuleDict()
-        if genotype.lateral in ("conv", "conv_bn"):
+        if lateral is not None:
             for level in levels:
                 if f"P{level}" in read or (level == top and source == "lateral"):
-                    c = in_channels[level]
-                    self.lateral[f"p{level}"] = (nn.Conv2d(c, width, 1) if genotype.lateral == "conv"
-                                                 else ConvBN(c, width))
-        lateral_width = {lv: (width if f"p{lv}" in self.lateral else in_channels[lv]) for lv in levels}
+                    self.add_layer(f"lateral.p{level}", lateral(in_channels[level], width))
+        self.lateral_levels = [lv for lv in levels if f"lateral.p{lv}" in self.calls]  # as self.lateral lists them
+        lateral_width = {lv: (width if lv in self.lateral_levels else in_channels[lv]) for lv in levels}
 
         self.extra = nn.ModuleDict()
         c = {"backbone": in_channels[top], "lateral": lateral_width[top], "output": width}[source]
-        for i, (level, op) in enumerate(zip(genotype.extra_levels, genotype.extra.ops)):
-            if op == "pool" and c != width:
-                raise GenotypeError(f"extra.ops[{i}]: 'pool' keeps the {c} channels of C{top}; use "
-                                    f"'proj_pool' or 'conv' to reach the width {width}")
-            self.extra[f"p{level}"] = (ExtraConv(c, width, relu=op == "relu_conv") if op in ("conv", "relu_conv")
-                                       else ExtraPool(c, width, project=op == "proj_pool"))
+        for i, (level, name) in enumerate(zip(genotype.extra_levels, genotype.extra.ops)):
+            if EXTRA_OPS[name].keeps_channels and c != width:
+                projecting = [other for other, op in EXTRA_OPS.items() if not op.keeps_channels]
+                raise GenotypeError(f"extra.ops[{i}]: {name!r} keeps the {c} channels of C{top}; use one of "
+                                    f"{projecting} to reach the width {width}")
+            self.add_layer(f"extra.p{level}", EXTRA_OPS[name].layer(c, width))
             c = width
+        # Where the extra levels start: before the cells from C5 or P5, or after them from the P5 output.
+        self.extra_from_backbone, self.extra_after_cells = source == "backbone", source == "output"
 
         first = {f"P{lv}": lateral_width[lv] for lv in levels} | {f"P{lv}": width for lv in genotype.extra_levels}
         rest = {name: width for name in graph.cell_inputs}
@@ -178,22 +198,23 @@ class Neck(nn.Module):
         if len(feats) != len(levels):
             raise ValueError(f"expected {len(levels)} backbone features (levels {list(levels)}), got {len(feats)}")
         raw = dict(zip(levels, feats))
-        pyramid = {lv: (self.lateral[f"p{lv}"](t) if f"p{lv}" in self.lateral else t) for lv, t in raw.items()}
-        source = self.genotype.extra.source
-        if source != "output":
-            self._add_extra(pyramid, raw[levels[-1]] if source == "backbone" else pyramid[levels[-1]])
+        pyramid = dict(raw)
+        for level, layer in zip(self.lateral_levels, self.lateral.values()):
+            pyramid[level] = layer(raw[level])
+        if not self.extra_after_cells:
+            self._add_extra(pyramid, raw[levels[-1]] if self.extra_from_backbone else pyramid[levels[-1]])
         cell_levels = self.genotype.cell_levels
         feats = [pyramid[lv] for lv in cell_levels]
         for cell in self.cells:
             feats = cell(feats)
         pyramid = dict(zip(cell_levels, feats))
-        if source == "output":
+        if self.extra_after_cells:
             self._add_extra(pyramid, pyramid[levels[-1]])
         return OrderedDict((f"p{lv}", pyramid[lv]) for lv in self.levels)
 
     def _add_extra(self, pyramid: Dict[int, Tensor], x: Tensor) -> None:
-        for level in self.genotype.extra_levels:
-            x = self.extra[f"p{level}"](x)
+        for level, layer in zip(self.genotype.extra_levels, self.extra.values()):
+            x = layer(x)
             pyramid[level] = x
 
     def extra_repr(self) -> str:

@@ -20,7 +20,6 @@ Python: no torch, no Ray.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -29,9 +28,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .genotype import COMBINES, OPS, TWO_INPUT_COMBINES, ExtraLevels, Genotype, GenotypeError, Node
-from .canonical import topological
+from .genotype import ExtraLevels, Genotype, GenotypeError, Node, topological
 from .shipped import REFERENCE_DIR, yaml_problem, yaml_stems
+from .vocabulary import COMBINES, EXTRA_OPS, LATERALS, MAX_INPUTS, OPS, count_text, mergeable_counts
 
 CHOOSABLE = ("lateral", "extra", "downsample", "activation", "unused")
 SPACE_KEYS = ("name", "description", "cell", "choose", "nodes", "inputs", "combines", "ops", "outputs")
@@ -85,15 +84,17 @@ class SearchSpace:
         if not (isinstance(self.min_nodes, int) and isinstance(self.max_nodes, int) and 1 <= self.min_nodes <= self.max_nodes):
             raise SpaceError(f"nodes: must be a positive integer or [min, max], got {nodes!r}")
         self.inputs = tuple(inputs)
-        if not self.inputs or not all(isinstance(k, int) and 1 <= k <= 3 for k in self.inputs):
-            raise SpaceError(f"inputs: must list input counts between 1 and 3, got {list(inputs)!r}")
+        if not self.inputs or not all(isinstance(k, int) and 1 <= k <= MAX_INPUTS for k in self.inputs):
+            raise SpaceError(f"inputs: must list input counts between 1 and {MAX_INPUTS}, got {list(inputs)!r}")
         self.combines, self.ops = tuple(combines), tuple(ops)
         for key, values, known in (("combines", self.combines, COMBINES), ("ops", self.ops, OPS)):
-            bad = [v for v in values if v not in known] or ([] if values else ["(empty)"])
+            bad = [v for v in values if not isinstance(v, str) or v not in known] or ([] if values else ["(empty)"])
             if bad:
                 raise SpaceError(f"{key}: unknown {bad}; choose from {list(known)}")
-        if all(c in TWO_INPUT_COMBINES for c in self.combines) and self.inputs != (2,):
-            raise SpaceError(f"inputs: combines {list(self.combines)} merge exactly 2 inputs, so inputs must be [2]")
+        mergeable = mergeable_counts(self.combines)
+        if not set(self.inputs) <= set(mergeable):
+            raise SpaceError(f"inputs: combines {list(self.combines)} merge {count_text(mergeable)} inputs, "
+                             f"so inputs must be among {list(mergeable)}")
         if outputs not in ("any", "last"):
             raise SpaceError(f"outputs: must be 'any' or 'last', got {outputs!r}")
         self.outputs = outputs
@@ -125,9 +126,10 @@ class SearchSpace:
             option = getattr(Genotype.from_dict(data), key)
         except GenotypeError as err:
             raise SpaceError(f"choose.{key}: option {value!r}: {err}") from None
-        if key == "extra" and option.source == "backbone" and option.ops[:1] == ("pool",):
-            raise SpaceError(f"choose.extra: option {value!r}: a plain pool on the backbone's C5 cannot "
-                             "change its channels to the width; use proj_pool or conv")
+        if key == "extra" and option.source == "backbone" and option.ops and EXTRA_OPS[option.ops[0]].keeps_channels:
+            raise SpaceError(f"choose.extra: option {value!r}: {option.ops[0]!r} on the backbone's C5 cannot "
+                             f"change its channels to the width; use one of "
+                             f"{[name for name, op in EXTRA_OPS.items() if not op.keeps_channels]}")
         if key == "extra" and len(option.ops) != len(self.template.extra.ops):
             raise SpaceError(f"choose.extra: option {value!r} makes {len(option.ops)} extra levels, "
                              f"the cell makes {len(self.template.extra.ops)}")
@@ -364,7 +366,7 @@ class Walk:
                 levels = [lv for lv in levels if lv not in taken]
             return [space.levels.index(lv) for lv in levels]
         if d.kind == "combine":
-            return [c for c, name in enumerate(space.combines) if node["k"] == 2 or name not in TWO_INPUT_COMBINES]
+            return [c for c, name in enumerate(space.combines) if node["k"] in COMBINES[name].arity]
         return list(range(d.size))  # op
 
     def _compatible(self, key: str, option: Any) -> bool:
@@ -372,7 +374,7 @@ class Walk:
         settled = {k: getattr(self.template, k) for k in CHOOSABLE if k not in self.space.choose or k in self.fields}
         settled[key] = option
         lateral, extra = settled.get("lateral"), settled.get("extra")
-        return not (lateral == "edge_conv_bn" and extra is not None and extra.source == "lateral")
+        return not (extra is not None and extra.source == "lateral" and not LATERALS[lateral].shared)
 
     def step(self, choice: int) -> None:
         valid = self.choices()
@@ -423,13 +425,8 @@ def _outputs_last(genotype: Genotype) -> Genotype:
     """The same graph with the output nodes moved after the others where dependencies allow."""
     outs = set(genotype.outputs)
     order = sorted(range(len(genotype.nodes)), key=lambda i: f"n{i}" in outs)
-    moved = genotype.replace(nodes=tuple(genotype.nodes[i] for i in order))
-    rename = {f"n{old}": f"n{new}" for new, old in enumerate(order)}
-    moved = moved.replace(nodes=tuple(dataclasses.replace(n, inputs=tuple(rename.get(x, x) for x in n.inputs))
-                                      for n in moved.nodes),
-                          outputs=tuple(rename.get(x, x) for x in genotype.outputs))
     try:
-        return topological(moved)
+        return topological(genotype.renumbered(order))
     except GenotypeError:
         return genotype
 

@@ -117,19 +117,11 @@ def test_load_errors_name_the_file(tmp_path):
         load_genotype("no_such_neck")
 
 
-def renumbered(genotype: Genotype, order: list[int]) -> Genotype:
-    """The same graph with its nodes listed in ``order``."""
-    rename = {f"n{old}": f"n{new}" for new, old in enumerate(order)}
-    nodes = tuple(dataclasses.replace(genotype.nodes[i], inputs=tuple(rename.get(n, n) for n in genotype.nodes[i].inputs))
-                  for i in order)
-    return genotype.replace(nodes=nodes, outputs=tuple(rename.get(n, n) for n in genotype.outputs)).validate()
-
-
 def test_hash_ignores_spelling():
     panet = load_genotype("panet")
     # n2 (FPN P3), n3 (FPN P4) and n4 (FPN P5) are independent of each other: list them in
     # another order, and swap the inputs of a sum.
-    reordered = renumbered(panet, [0, 1, 4, 3, 2, 5, 6, 7, 8])
+    reordered = panet.renumbered([0, 1, 4, 3, 2, 5, 6, 7, 8]).validate()
     assert reordered.nodes != panet.nodes
     assert reordered.hash() == panet.hash()
     swapped = panet.replace(nodes=(Node(("P5", "P4"), 4),) + panet.nodes[1:])

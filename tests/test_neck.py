@@ -148,7 +148,7 @@ def test_global_attention_takes_the_coarser_input_as_hi():
     genotype = load_genotype("nasfpn").replace(repeats=1, width=4)
     neck = build_neck(genotype, {3: 4, 4: 4, 5: 4})
     # n0 merges P4 (finer) and P6 (coarser): P6 is "hi" although it is listed second.
-    assert neck.cells[0].n0.hi_first is False
+    assert neck.cells[0].n0.order == (1, 0)
 
 
 def test_samples_of_the_wide_space_build_and_export_identically(tmp_path):
