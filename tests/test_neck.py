@@ -1,3 +1,5 @@
+import hashlib
+import json
 from collections import OrderedDict
 
 import pytest
@@ -13,6 +15,22 @@ from nasfpn.profile import count_params, neck_cost
 
 RESNET50 = {3: 512, 4: 1024, 5: 2048}
 EFFICIENTNET_B0 = {3: 40, 4: 112, 5: 320}
+
+# Digests of the state-dict names and shapes (width 8, C3-C5 of 8, 16, 32 channels, at most two
+# repeats) as the builder made them before the vocabulary refactor (main at 1b21372): trained
+# checkpoints and exported files load only while these stay put. The genotypes are
+# test_canonical's.
+STATE_DICT_DIGESTS = {
+    "fpn": "6e55474df87d0f9e",
+    "panet": "270b3b02d85879aa",
+    "bifpn": "8eff2a5694a395a7",
+    "nasfpn": "1c2c7bfb9c91ee73",
+    "wide seed 0": "858c969ecb870ed5",
+    "wide seed 1": "41b991a5600e663e",
+    "wide seed 5": "795dbe2d0fdca737",
+    "nasfpn seed 0": "1b4d39cbe8c53e30",
+    "attention on a level tie": "53228bf5ab2930e8",
+}
 
 
 def test_fpn_matches_torchvision_exactly():
@@ -166,3 +184,12 @@ def test_samples_of_the_wide_space_build_and_export_identically(tmp_path):
         exported.load_state_dict(built.state_dict())
         want, got = built(x), exported(x)
         assert all(torch.equal(want[k], got[k]) for k in want), seed
+
+
+@pytest.mark.parametrize("name", sorted(STATE_DICT_DIGESTS))
+def test_state_dict_names_are_those_before_the_refactor(name):
+    from test_canonical import SAMPLED, sampled
+    genotype = sampled(name) if name in SAMPLED else load_genotype(name)
+    neck = build_neck(genotype.replace(repeats=min(genotype.repeats, 2)), {3: 8, 4: 16, 5: 32}, width=8)
+    names = [[key, list(value.shape)] for key, value in neck.state_dict().items()]
+    assert hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16] == STATE_DICT_DIGESTS[name], names
