@@ -162,6 +162,7 @@ def adapter(channels: int, width: int) -> Layer:
     another width than the neck's: its own 1x1 conv + BN (EfficientDet's per-edge laterals)."""
     return layer("ConvBN", channels, width)
 
+
 Record = TypeVar("Record", Op, Combine, Lateral, ExtraOp, Downsample)
 
 
