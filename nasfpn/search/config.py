@@ -1,8 +1,9 @@
 """The search configuration: YAML -> one validated, typed record -> plain arguments.
 
 Every section has defaults that make ``nasfpn search`` with no arguments the built-in
-quickstart: the synthetic data set, a warmed-up ResNet-18, the wide space, the PPO controller,
-the four reference necks first as baselines, about 10-20 minutes on 2 CPU cores. Unknown keys
+quickstart: the synthetic data set, EfficientNet-Lite0 with ImageNet weights (a warmed-up
+ResNet-18 without the ``pretrained`` extra), the wide space, the PPO controller, the four
+reference necks first as baselines, then the confirmation (times measured in the README). Unknown keys
 are errors that list the valid ones.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ class BudgetConfig:
     """How many trials before confirmation (baselines included), how many at once, how many
     proxy seeds each searched candidate gets (the mean is its reward), the controller's seed."""
     # The quickstart: 4 baselines + 8 searched cells, then the confirmation (see ConfirmConfig):
-    # about 20 minutes on 2 CPU cores once the backbone is prepared (measured: see the README).
+    # its times on 2 CPU cores, float32 and bfloat16, are measured in the README.
     trials: int = 12
     baselines: Tuple[str, ...] = ("fpn", "panet", "bifpn", "nasfpn")
     concurrent: int = 2
