@@ -148,7 +148,11 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
     genotype = proxy_genotype(genotype, config)
     model = ProxyDetector(genotype, task.channels, task.num_classes, config.image_size,
                           backbone=None if cached else task.backbone, width=config.width,
-                          head_depth=config.head_depth, anchor_scale=config.anchor_scale).to(device)
+                          head_depth=config.head_depth, anchor_scale=config.anchor_scale)
+    # Channels-last: mkldnn's convolutions skip a layout conversion per call. Measured on the
+    # 2-core AMD EPYC, one thread, Lite0 features: a float32 step 10% faster for FPN (176 ->
+    # 158 ms) and 20% for NAS-FPN's cell (520 -> 413 ms); the same arithmetic.
+    model = model.to(device, memory_format=torch.channels_last)
     neck_cost = _neck_cost(model, task.channels, config.image_size)
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
@@ -276,9 +280,10 @@ def _lr_factor(step: int, config: ProxyConfig) -> float:
 
 def _to(device, images, features, targets):
     if images is not None:
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     if features is not None:
-        features = {k: v.to(device, non_blocking=True) for k, v in features.items()}
+        features = {k: v.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                    for k, v in features.items()}
     if targets is not None:
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     return images, features, targets
