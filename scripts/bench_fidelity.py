@@ -13,7 +13,11 @@ spread across necks, the spread across the reference necks in seed standard devi
 of each recipe, and the rank correlation of the AP at each evaluation along the proxy run (the
 ASHA rungs, 200 and 400 steps) with its final AP.
 
-    python scripts/bench_fidelity.py [--data builtin|bccd] [--necks 21] [--seeds 2] [--factor 4]
+``--proxy YAML`` measures another proxy recipe (``'{steps: 300}'``, ``'{width: 32}'``) against the
+same reference: the reference stays ``--factor`` times the search's default steps, so its runs are
+shared by every proxy measured in one folder, and the ledger keys each recipe by what differs.
+
+    python scripts/bench_fidelity.py [--data builtin|bccd] [--necks 21] [--seeds 2] [--factor 4] [--proxy YAML]
                                      [--out runs/fidelity-builtin] [--json bench_fidelity.json] [--report-only]
 """
 from __future__ import annotations
@@ -26,6 +30,8 @@ import platform
 import random
 import statistics
 import sys
+
+import yaml
 from pathlib import Path
 from typing import Dict, List
 
@@ -78,14 +84,16 @@ def data_section(which: str, cache: Path) -> dict:
     return {"annotations": str(annotations), "images": str(images)}
 
 
-def analyse(ledger: Ledger, names: Dict[str, str], recipes: Dict[str, str]) -> dict:
-    """The figures of the benchmark from the ledger (``names``: trained hash -> neck name)."""
+def analyse(ledger: Ledger, necks: List[str], recipes: Dict[str, str]) -> dict:
+    """The figures of the benchmark from the ledger: runs are grouped by neck name (the
+    candidate's ``baseline`` field; a width variant trains other hashes of the same necks)."""
     by = {recipe: {} for recipe in recipes.values()}
     for record in ledger:
         c = record.candidate
-        if record.status == "ok" and c.recipe in by and c.trained_hash in names:
-            by[c.recipe].setdefault(c.trained_hash, {})[c.seed] = record
+        if record.status == "ok" and c.recipe in by and c.baseline in necks:
+            by[c.recipe].setdefault(c.baseline, {})[c.seed] = record
     short, long = recipes["proxy"], recipes["long"]
+    names = {n: n for n in necks}
     both = [h for h in names if h in by[short] and h in by[long]]
     mean = {r: {h: statistics.mean(x.ap for x in by[r][h].values()) for h in by[r]} for r in by}
     result = {"necks_done": {name: len(by[r]) for name, r in recipes.items()}, "necks_in_both": len(both)}
@@ -146,6 +154,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--concurrent", type=int, default=2)
+    parser.add_argument("--proxy", default="{}", help="YAML overrides of the proxy recipe under test")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--json", default="bench_fidelity.json")
     parser.add_argument("--report-only", action="store_true", help="analyse what the folder holds; train nothing")
@@ -153,20 +162,25 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     out = (args.out or Path("runs") / f"fidelity-{args.data}").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    overrides = yaml.safe_load(args.proxy) or {}
+    if not isinstance(overrides, dict):
+        raise SystemExit(f"--proxy: a YAML mapping of proxy fields, got {args.proxy!r}")
     config = search_config({"data": data_section(args.data, out), "search": {"concurrent": args.concurrent},
                             "proxy": {"eval_every": 200}})
-    proxy = config.proxy
-    long = dataclasses.replace(proxy, steps=args.factor * proxy.steps, eval_every=0)
-    recipes = {"proxy": "search", "long": recipe_name(long, proxy)}
-    chosen = necks(args.necks, proxy)
-    names = {Candidate.of(g, proxy, seed=0).trained_hash: n for n, g in chosen.items()}
+    base = config.proxy
+    proxy = search_config({"proxy": {"eval_every": 200, **overrides}}).proxy
+    long = dataclasses.replace(base, steps=args.factor * base.steps, eval_every=0)
+    recipes = {"proxy": recipe_name(proxy, base), "long": recipe_name(long, base)}
+    chosen = necks(args.necks, base)
     ledger = Ledger(out / "ledger.jsonl")
     if not args.report_only:
         task = prepare_task(config.data, config.backbone, proxy)
         specs = {recipes["proxy"]: {"task": task.spec, "proxy": {**dataclasses.asdict(proxy), "threads": None}},
                  recipes["long"]: {"task": task.spec, "proxy": {**dataclasses.asdict(long), "threads": None}}}
-        atomic_write_text(out / "experiment.json", json.dumps({"necks": list(chosen), "proxy": recipe_text(proxy, config),
-                                                               "long": recipe_text(long, config)}, indent=1))
+        experiment = out / "experiment.json"  # every recipe measured in this folder, by its ledger key
+        known = json.loads(experiment.read_text()).get("recipes", {}) if experiment.is_file() else {}
+        known.update({recipes["proxy"]: recipe_text(proxy, config), recipes["long"]: recipe_text(long, config)})
+        atomic_write_text(experiment, json.dumps({"necks": list(chosen), "recipes": known}, indent=1))
         phases = []
         for name, recipe_proxy in (("proxy", proxy), ("long", long)):
             planned = [Candidate.of(g, recipe_proxy, seed=s, recipe=recipes[name], baseline=n, stage="confirm")
@@ -178,9 +192,9 @@ def main() -> None:
             run_phases(config, out, specs, phases)
         except SearchInterrupted:  # Ctrl-C: every finished run is kept; report what there is
             print(f"interrupted: run this script again to continue in {out}")
-    result = analyse(ledger, names, recipes)
+    result = analyse(ledger, list(chosen), recipes)
     result.update(machine=platform.processor() or platform.machine(), data=args.data, seeds=args.seeds,
-                  factor=args.factor, necks=list(chosen), folder=str(out))
+                  factor=args.factor, proxy_overrides=overrides, necks=list(chosen), folder=str(out))
     show(result, list(chosen))
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {args.json}")
