@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="proxy seed: initialisation and data order (the backbone warm-up "
                    "has its own, backbone.warmup_seed)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    aux_arg(p)
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.set_defaults(run=_train)
 
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="trial budget before the confirmation, baselines included (default 12)")
     p.add_argument("--concurrent", type=int, help="trials at once (default 2)")
     p.add_argument("--steps", type=int, help="proxy training steps per trial (default 600)")
+    aux_arg(p)
     p.add_argument("--no-asha", action="store_true", help="no early stopping")
     p.add_argument("--top", type=int, help="searched cells to confirm over seeds (default 1)")
     p.add_argument("--confirm-seeds", type=int, help="proxy seeds of the confirmation (default 3; 0: none)")
@@ -151,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def aux_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aux-loss", type=float, metavar="W", help="AugFPN's consistent supervision: the detection "
+                   "loss also on the neck's laterals before fusion, training only, times W (default 0: off; "
+                   "AugFPN's weight is 0.25)")
+
+
 def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, metavar="ANN.json", help="COCO annotations (default: the built-in synthetic set)")
     p.add_argument("--images", type=Path, metavar="DIR", help="the image folder of --data")
@@ -172,7 +180,9 @@ def flag_values(args: argparse.Namespace) -> dict:
     from .search.config import FLAG_KEYS, SWITCHES
 
     names = (*FLAG_KEYS, *SWITCHES, "space", "controller")  # cache_dir among them
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) not in (None, False)}
+    # ``is``, not ``in (None, False)``: 0 == False, and ``--seed 0`` or ``--aux-loss 0`` is a value given.
+    return {name: getattr(args, name) for name in names
+            if getattr(args, name, None) is not None and getattr(args, name) is not False}
 
 
 def _channels(text: str, levels: Sequence[int]) -> dict[int, int]:
@@ -265,6 +275,8 @@ def _train(args: argparse.Namespace) -> None:
           f"{'frozen, features cached' if task.train_cache else 'frozen' if backbone.freeze else 'trained'}")
     print(f"data      {len(task.train)} train / {len(task.val)} val images, {task.num_classes} classes, "
           f"{proxy.image_size} px; {result['steps']} steps of {proxy.batch_size}")
+    if proxy.aux_loss:
+        print(f"aux loss  {proxy.aux_loss:g} x the detection loss on the neck's laterals (training only)")
     if result["status"] != "ok":
         print(f"FAILED    {result['error']}")
     print("AP      AP50    AP75    AP_S    AP_M    AP_L")

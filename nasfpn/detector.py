@@ -4,9 +4,14 @@ torchvision's ``RetinaNet`` supplies the head, anchors, focal loss, box coding, 
 NMS; this module only routes around its image transform, because the proxy's images are already
 letterboxed to one size and, with a frozen backbone, its C3..C5 may come from the feature cache
 instead of the backbone.
+
+With ``aux_loss`` above 0 it adds AugFPN's consistent supervision (Guo et al., CVPR 2020) in a
+single-stage form, during training only: see :class:`ProxyDetector`.
 """
 from __future__ import annotations
 
+import logging
+import math
 from typing import Dict, List, Mapping, Optional
 
 import torch
@@ -20,6 +25,7 @@ from torchvision.ops import boxes as box_ops
 from .genotype import Genotype
 from .neck import Neck, build_neck
 
+log = logging.getLogger(__name__)
 MATCH_MEMORY = 64 * 2 ** 20  # bytes of remembered anchor matches per detector (1,280 at 256 px: 31 MB)
 
 
@@ -46,24 +52,43 @@ class ProxyDetector(nn.Module):
             aspect ratios per position as in RetinaNet.
         score_thresh, nms_thresh, detections_per_img: postprocessing, torchvision's meaning.
         remember_matches: keep each image's anchor matching for the next time it is seen (CPU).
+        aux_loss: weight of the consistent-supervision loss (0: off; 0.25 is AugFPN's). When on,
+            a second RetinaNet head (``aux_head``: its own weights, shared across levels, as
+            deep as the main head) predicts from the neck's features before fusion
+            (:meth:`nasfpn.neck.Neck.forward_with_laterals`: the width-``w`` laterals of C3..C5
+            and the extra levels the neck makes before its cells), and the same focal and box
+            losses, with the same anchors and the same anchor matches restricted to those
+            levels, are added times ``aux_loss``. Training only: evaluation never runs the
+            auxiliary head, and it is not part of the neck (nor of the neck's parameter count,
+            nor of an exported neck).
+
+    Where this differs from AugFPN: its consistent supervision pools RoI features from every
+    lateral through a separate RoI head shared across levels (two-stage detectors: the
+    proposals; its RetinaNet variant: boxes decoded from RetinaNet's own predictions, assigned
+    and sampled as RoIs, laterals of C3..C5 only), and each level's loss is weighted 0.25 on its
+    own. Here the auxiliary head is dense: a separate RetinaNet head applied to every lateral
+    level as the main head is to the outputs, each anchor supervised once, at its own level,
+    by the same matching as the main loss; the weight multiplies that one loss. Levels the neck
+    makes only after fusion (``extra.source: output``, as FPN's P6-P7) get no auxiliary loss,
+    and a neck without a shared lateral (``edge_conv_bn``, BiFPN) has only its extra levels.
     """
 
     def __init__(self, genotype: Genotype, in_channels: Mapping[int, int], num_classes: int, image_size: int, *,
                  backbone: nn.Module | None = None, width: int | None = None, head_depth: int = 4,
                  anchor_scale: float = 4.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 detections_per_img: int = 100, remember_matches: bool = True):
+                 detections_per_img: int = 100, remember_matches: bool = True, aux_loss: float = 0.0):
         super().__init__()
         if not 0 <= head_depth <= 4:
             raise ValueError(f"head_depth must be 0..4 (torchvision's head has 4 layers), got {head_depth}")
+        if isinstance(aux_loss, bool) or not isinstance(aux_loss, (int, float)) or not 0 <= aux_loss < math.inf:
+            raise ValueError(f"aux_loss must be a finite number >= 0 (0: off), got {aux_loss!r}")
         self.backbone = backbone
         self.neck: Neck = build_neck(genotype, in_channels, width)
         self.image_size = image_size
         levels = genotype.levels
         sizes = tuple(tuple(anchor_scale * 2 ** lv * 2 ** (k / 3) for k in range(3)) for lv in levels)
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(levels))
-        head = RetinaNetHead(self.neck.out_channels, anchors.num_anchors_per_location()[0], num_classes)
-        for subnet in (head.classification_head, head.regression_head):
-            subnet.conv = subnet.conv[:head_depth]  # torchvision builds 4; the proxy may keep fewer
+        head = _retinanet_head(self.neck.out_channels, anchors.num_anchors_per_location()[0], num_classes, head_depth)
         self.retinanet = RetinaNet(_NoBackbone(self.neck.out_channels), num_classes, min_size=image_size,
                                    max_size=image_size, anchor_generator=anchors, head=head,
                                    score_thresh=score_thresh, nms_thresh=nms_thresh,
@@ -71,6 +96,15 @@ class ProxyDetector(nn.Module):
         self.remember_matches = remember_matches
         self._matches: Dict[tuple, Tensor] = {}
         self._matches_bytes = 0
+        # Consistent supervision: made last, so that the rest starts from the same random
+        # initialisation with it or without it.
+        self.aux_loss = float(aux_loss)
+        self.aux_levels = self.neck.pre_fusion_levels if aux_loss else []
+        self.aux_head = _retinanet_head(self.neck.out_channels, anchors.num_anchors_per_location()[0], num_classes,
+                                        head_depth) if self.aux_levels else None
+        if aux_loss and not self.aux_levels:
+            log.warning("aux_loss %g: the neck %s makes no feature at its width before fusion; no auxiliary loss",
+                        aux_loss, genotype.name or genotype.hash()[:12])
 
     def _matched_anchors(self, boxes: Tensor, anchors: Tensor) -> Tensor:
         """RetinaNet's anchor-to-box matching (torchvision's IoU and Matcher, as in its
@@ -97,8 +131,10 @@ class ProxyDetector(nn.Module):
 
     def forward(self, images: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None,
                 features: Optional[Dict[str, Tensor]] = None):
-        """Training: losses ``{"classification", "bbox_regression"}``. Eval: detections per
-        image (``boxes`` xyxy in canvas pixels, ``scores``, ``labels``).
+        """Training: losses ``{"classification", "bbox_regression"}``, and with consistent
+        supervision ``aux_classification`` and ``aux_bbox_regression`` too (already times
+        ``aux_loss``: the total loss is the sum of the values). Eval: detections per image
+        (``boxes`` xyxy in canvas pixels, ``scores``, ``labels``).
 
         Args:
             images: float ``[B, 3, S, S]`` in [0, 1], letterboxed; or None with ``features``.
@@ -107,7 +143,12 @@ class ProxyDetector(nn.Module):
         """
         if features is None:
             features = self.features(images)
-        pyramid = list(self.neck(features).values())
+        supervise_laterals = self.training and self.aux_head is not None
+        if supervise_laterals:
+            outputs, laterals = self.neck.forward_with_laterals(features)
+        else:
+            outputs = self.neck(features)
+        pyramid = list(outputs.values())
         batch = pyramid[0].shape[0]
         # Under autocast the head computes in half precision; the focal loss, box decoding and
         # scores are taken in float32.
@@ -123,7 +164,14 @@ class ProxyDetector(nn.Module):
             if targets is None:
                 raise ValueError("training needs targets")
             matched = [self._matched_anchors(t["boxes"], a) for t, a in zip(targets, anchors)]
-            return self.retinanet.head.compute_loss(targets, head_outputs, anchors, matched)
+            losses = self.retinanet.head.compute_loss(targets, head_outputs, anchors, matched)
+            if supervise_laterals:
+                # Consistent supervision, dense: a separate RetinaNet head on the laterals with
+                # these matches, where AugFPN pools RoIs from each lateral into a separate RoI
+                # head and weights each level's loss (class docstring).
+                aux = self._lateral_losses(laterals, pyramid, targets, anchors, matched)
+                losses.update({f"aux_{name}": self.aux_loss * value for name, value in aux.items()})
+            return losses
         # As RetinaNet.forward does in eval: split per level, then decode, score and NMS.
         per_level = [x.shape[2] * x.shape[3] for x in pyramid]
         per_anchor = head_outputs["cls_logits"].shape[1] // sum(per_level)
@@ -131,3 +179,33 @@ class ProxyDetector(nn.Module):
         split_outputs = {k: list(v.split(split, dim=1)) for k, v in head_outputs.items()}
         split_anchors = [list(a.split(split)) for a in anchors]
         return self.retinanet.postprocess_detections(split_outputs, split_anchors, canvas.image_sizes)
+
+    def _lateral_losses(self, laterals: Dict[str, Tensor], pyramid: List[Tensor], targets: List[Dict[str, Tensor]],
+                        anchors: List[Tensor], matched: List[Tensor]) -> Dict[str, Tensor]:
+        """The main losses, unweighted, of the auxiliary head on the pre-fusion features, over
+        the anchors of their levels with the main loss's matches (AugFPN's consistent
+        supervision in dense single-stage form: see the class docstring)."""
+        # The anchors of one image are level after level (finest first), H x W x A each.
+        per_anchor = anchors[0].shape[0] // sum(p.shape[-2] * p.shape[-1] for p in pyramid)
+        ranges, start = {}, 0
+        for level, p in zip(self.neck.levels, pyramid):
+            ranges[f"p{level}"] = (start, start + p.shape[-2] * p.shape[-1] * per_anchor, p.shape[-2:])
+            start = ranges[f"p{level}"][1]
+        for name, x in laterals.items():
+            if x.shape[-2:] != ranges[name][2]:
+                raise RuntimeError(f"the lateral {name} is {tuple(x.shape[-2:])}, its output level "
+                                   f"{tuple(ranges[name][2])}: the auxiliary loss needs the same grid")
+        keep = [ranges[name][:2] for name in laterals]
+
+        def kept(x: Tensor) -> Tensor:
+            return torch.cat([x[a:b] for a, b in keep]) if len(keep) > 1 else x[keep[0][0]:keep[0][1]]
+
+        outputs = {k: v.float() for k, v in self.aux_head(list(laterals.values())).items()}  # losses in float32
+        return self.aux_head.compute_loss(targets, outputs, [kept(a) for a in anchors], [kept(m) for m in matched])
+
+
+def _retinanet_head(width: int, num_anchors: int, num_classes: int, depth: int) -> RetinaNetHead:
+    head = RetinaNetHead(width, num_anchors, num_classes)
+    for subnet in (head.classification_head, head.regression_head):
+        subnet.conv = subnet.conv[:depth]  # torchvision builds 4; the proxy may keep fewer
+    return head

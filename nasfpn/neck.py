@@ -6,7 +6,7 @@ forward passes are short loops over that plan and mutate nothing they are given.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -192,7 +192,22 @@ class Neck(_MadeFromCalls):
         rest = {name: width for name in graph.cell_inputs}
         self.cells = nn.ModuleList(Cell(graph, first if k == 0 else rest, width) for k in range(genotype.repeats))
 
+    @property
+    def pre_fusion_levels(self) -> List[int]:
+        """The levels whose first-cell input the neck itself makes at its width before any
+        fusion: the shared laterals (none with ``edge_conv_bn``) and the extra levels when they
+        are made before the cells (``extra.source`` ``backbone`` or ``lateral``). What
+        :meth:`forward_with_laterals` returns besides the pyramid."""
+        return self.lateral_levels + ([] if self.extra_after_cells else list(self.genotype.extra_levels))
+
     def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return self.forward_with_laterals(x)[0]
+
+    def forward_with_laterals(self, x: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """:meth:`forward`, and the features of :attr:`pre_fusion_levels` as the first cell
+        receives them (``OrderedDict`` ``p{level}``, finest first): for a training-only loss on
+        the laterals (AugFPN's consistent supervision; see :class:`nasfpn.detector.ProxyDetector`).
+        The exported neck has only :meth:`forward`."""
         feats = list(x.values())
         levels = self.genotype.backbone_levels
         if len(feats) != len(levels):
@@ -203,6 +218,7 @@ class Neck(_MadeFromCalls):
             pyramid[level] = layer(raw[level])
         if not self.extra_after_cells:
             self._add_extra(pyramid, raw[levels[-1]] if self.extra_from_backbone else pyramid[levels[-1]])
+        laterals = OrderedDict((f"p{lv}", pyramid[lv]) for lv in self.pre_fusion_levels)
         cell_levels = self.genotype.cell_levels
         feats = [pyramid[lv] for lv in cell_levels]
         for cell in self.cells:
@@ -210,7 +226,7 @@ class Neck(_MadeFromCalls):
         pyramid = dict(zip(cell_levels, feats))
         if self.extra_after_cells:
             self._add_extra(pyramid, pyramid[levels[-1]])
-        return OrderedDict((f"p{lv}", pyramid[lv]) for lv in self.levels)
+        return OrderedDict((f"p{lv}", pyramid[lv]) for lv in self.levels), laterals
 
     def _add_extra(self, pyramid: Dict[int, Tensor], x: Tensor) -> None:
         for level, layer in zip(self.genotype.extra_levels, self.extra.values()):

@@ -200,10 +200,11 @@ def _warmup_plan(train, backbone: BackboneConfig, proxy: ProxyConfig, root: Path
     config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0,
                                  seed=backbone.warmup_seed,
                                  max_loss=ProxyConfig.max_loss, head_depth=WARMUP_HEAD_DEPTH, report_every=1,
-                                 threads=None)
+                                 threads=None, aux_loss=0.0)
     # Not in the key: what does not change the trained backbone (progress reports, threads; the
-    # repeat cap, since the warm-up's FPN is a single cell).
-    ignored = ("report_every", "eval_every", "threads", "max_repeats")
+    # repeat cap, since the warm-up's FPN is a single cell; the auxiliary loss, never used in a
+    # warm-up: a search with it and one without rank necks on one backbone's features).
+    ignored = ("report_every", "eval_every", "threads", "max_repeats", "aux_loss")
     recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
     key = {"dataset": dataset_fingerprint(train), "backbone": backbone.name, "return_nodes": backbone.return_nodes,
            "recipe": recipe, "precision": precision_name(config.amp, proxy_device()),

@@ -319,8 +319,13 @@ def recipe_text(proxy: ProxyConfig, config: SearchConfig) -> str:
         "one cell of each neck" if proxy.max_repeats == 1 else f"at most {proxy.max_repeats} repeats"
     return (f"{proxy.steps} steps of batch {proxy.batch_size} at {proxy.image_size} px, width {proxy.width}, "
             f"{proxy.optimizer} lr {proxy.lr}, {precision_name(proxy.amp, proxy_device())}, {repeats}, "
-            f"backbone {config.backbone.name} ({'frozen' if config.backbone.freeze else 'trained'})"
+            f"{aux_text(proxy)}backbone {config.backbone.name} ({'frozen' if config.backbone.freeze else 'trained'})"
             f"{subset_text(config.data)}")
+
+
+def aux_text(proxy: ProxyConfig) -> str:
+    """The consistent supervision in the recipe line (empty when off): it changes every neck's AP."""
+    return f"consistent supervision on the laterals (aux_loss {proxy.aux_loss:g}), " if proxy.aux_loss else ""
 
 
 def subset_text(data: DataConfig) -> str:
