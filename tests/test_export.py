@@ -19,13 +19,14 @@ def small(name):
     return genotype.replace(repeats=min(genotype.repeats, 2), width=16)
 
 
-def trained_like(neck):
-    """Give every parameter and BN statistic a random value, so a wrong mapping shows."""
+def trained_like(neck, scale=1.0):
+    """Give every parameter and BN statistic a random value, so a wrong mapping shows (``scale``
+    smaller keeps deep stacks of convs finite)."""
     torch.manual_seed(0)
     with torch.no_grad():
         for tensor in neck.state_dict().values():
             if tensor.dtype.is_floating_point:
-                tensor.copy_(torch.rand_like(tensor) + 0.5)
+                tensor.copy_((torch.rand_like(tensor) + 0.5) * scale)
     return neck.eval()
 
 
@@ -152,3 +153,27 @@ def test_exported_neck_drops_into_torchvision_retinanet(tmp_path):
     with torch.no_grad():
         detections = model(images)
     assert len(detections) == 2 and set(detections[0]) == {"boxes", "scores", "labels"}
+
+
+def test_raw_inputs_rfa_and_sac_export_as_source(tmp_path):
+    """Cells take the raw features they read after their cell inputs; RFA and SAC are written as
+    source from nasfpn.ops; the state dict loads strictly; TorchScript gives the same outputs."""
+    from test_canonical import family
+
+    genotype = family("raw inputs, rfa and sac").replace(width=16)
+    path = tmp_path / "family_neck.py"
+    source = export_neck(genotype, SMALL, path)
+    assert "class RFA(nn.Module)" in source and "class SAConv2d(nn.Module)" in source
+    assert "p3, p4, p5 = cell(p3, p4, p5, c3, c4, c5)" in source
+    assert "n0 = self.n0.op(c5)" in source and "self.n2.lat2(c4)" in source
+    built = trained_like(build_neck(genotype, SMALL), scale=0.1)
+    exported = load_exported(path).eval()
+    exported.load_state_dict(built.state_dict())  # strict: same names, same shapes
+    x = example_inputs(SMALL, 128, batch=2)
+    want = built(x)
+    assert all(torch.isfinite(v).all() for v in want.values())
+    assert all(torch.equal(want[k], v) for k, v in exported(x).items())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(exported)
+    assert all(torch.equal(want[k], v) for k, v in scripted(x).items())

@@ -193,3 +193,35 @@ def test_state_dict_names_are_those_before_the_refactor(name):
     neck = build_neck(genotype.replace(repeats=min(genotype.repeats, 2)), {3: 8, 4: 16, 5: 32}, width=8)
     names = [[key, list(value.shape)] for key, value in neck.state_dict().items()]
     assert hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16] == STATE_DICT_DIGESTS[name], names
+
+
+def test_raw_inputs_are_read_in_every_cell_through_their_own_adapters():
+    from test_canonical import family
+    genotype = family("raw inputs, rfa and sac")
+    channels = {3: 8, 4: 16, 5: 32}
+    neck = build_neck(genotype, channels, width=8)
+    assert neck.raw_levels == [3, 4, 5]
+    for k in range(2):  # both repeats read the same backbone features
+        cell = neck.cells[k]
+        assert cell.input_names == ("P3", "P4", "P5", "C3", "C4", "C5")
+        assert isinstance(cell.n0.op, nasfpn.ops.RFA) and cell.n0.op.branches[0].in_channels == 32
+        assert cell.n0.adapters == [None]                       # RFA takes C5 at its 32 channels
+        assert cell.n1.adapters == [None, None] and isinstance(cell.n1.op, nasfpn.ops.SACBN)
+        assert cell.n2.adapters == [None, None, "lat2"]         # C4 (16 channels) through a 1x1 conv + BN
+        assert cell.n3.adapters == [None, None, None]           # C3 has the width already
+    names = set(neck.state_dict())
+    assert {"cells.1.n0.op.branches.2.weight", "cells.1.n2.lat2.conv.weight", "cells.1.n1.op.conv.weight_diff",
+            "cells.0.n2.fuse.weight"} <= names
+    x = example_inputs(channels, 128, batch=2)
+    out = neck(x)
+    assert [tuple(t.shape) for t in out.values()] == [(2, 8, 128 >> lv, 128 >> lv) for lv in range(3, 8)]
+    sum(t.sum() for t in out.values()).backward()
+    assert neck.cells[1].n0.op.branches[0].weight.grad is not None
+    assert neck.cells[1].n2.lat2.conv.weight.grad is not None
+
+
+def test_rfa_reading_an_input_of_the_width_needs_no_adapter():
+    data = load_genotype("fpn").to_dict()
+    data["nodes"][0].update(inputs=["C5"], op="rfa")
+    neck = build_neck(nasfpn.Genotype.from_dict(data), {3: 8, 4: 8, 5: 8}, width=8)
+    assert count_params(neck.cells[0].n0.op) == count_params(nasfpn.ops.RFA(8, 8)) and "lat0" not in neck.cells[0].n0.calls
