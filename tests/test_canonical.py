@@ -178,3 +178,8 @@ def test_raw_inputs_hash_by_name_and_ignore_spelling():
     nodes[3] = dataclasses.replace(nodes[3], inputs=("P3", "n2", "C4"))       # ... and the raw C4 there
     assert len({other.hash(), genotype.replace(nodes=tuple(nodes)).validate().hash(), genotype.hash()}) == 3
     assert Genotype.from_yaml(genotype.to_yaml()) == genotype and genotype.canonical().hash() == genotype.hash()
+
+
+def test_augfpn_hash_is_pinned():
+    # Pinned when search_spaces/augfpn.yaml was added.
+    assert load_genotype("augfpn").hash() == "73a0afd97f8c570b1229fe6e9bd78767b8213ab1ae86e6cccffa2cc07af08882"

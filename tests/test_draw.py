@@ -10,7 +10,7 @@ from PIL import Image
 from nasfpn import Node, load_genotype
 from nasfpn.draw import draw_genotype
 
-REFERENCES = ("fpn", "panet", "bifpn", "nasfpn")
+REFERENCES = ("fpn", "panet", "bifpn", "nasfpn", "augfpn")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
