@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .genotype import Genotype, Node
-from .vocabulary import COMBINES, LATERALS
+from .vocabulary import COMBINES, LATERALS, OPS
 
 if TYPE_CHECKING:  # annotations only: the space imports this module
     from .space import SearchSpace
@@ -86,7 +86,7 @@ class Walk:
                 return [0]
             cell = set(self.template.cell_levels)
             L = len(space.levels)
-            pool = [k for k, lv in enumerate(space.levels) if lv in cell] + [L + j for j in range(i)]
+            pool = [k for k, lv in enumerate(space.levels) if lv in cell] + list(range(L, L + len(space.raw) + i))
             return [p for p in pool if p not in node["inputs"]]
         if d.kind == "level":
             levels = self.template.cell_levels
@@ -97,7 +97,8 @@ class Walk:
             return [space.levels.index(lv) for lv in levels]
         if d.kind == "combine":
             return [c for c, name in enumerate(space.combines) if node["k"] in COMBINES[name].arity]
-        return list(range(d.size))  # op
+        inputs = [space.input_name(p) for p in node["inputs"]]  # op: one that reads a raw feature needs one
+        return [c for c, name in enumerate(space.ops) if not OPS[name].input_problem(inputs, space.raw, node["level"])]
 
     def _compatible(self, key: str, option: Any) -> bool:
         """Whether a field option agrees with the fields already fixed or chosen."""
@@ -138,10 +139,10 @@ class Walk:
         space, template = self.space, self.template
         L = len(space.levels)
 
-        def name(p: int) -> str:
+        def name(p: int) -> str:  # of an output pick
             return f"P{space.levels[p]}" if p < L else f"n{p - L}"
 
-        nodes = tuple(Node(tuple(name(p) for p in node["inputs"]), node["level"], node["combine"], node["op"])
+        nodes = tuple(Node(tuple(space.input_name(p) for p in node["inputs"]), node["level"], node["combine"], node["op"])
                       for node in self.nodes[: self.num_nodes])
         if space.outputs == "last":
             last = {nodes[i].level: f"n{i}" for i in range(self.num_nodes - len(template.cell_levels), self.num_nodes)}

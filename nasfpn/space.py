@@ -12,7 +12,11 @@ others, and describes the nodes. A genotype is written as decisions in this orde
    a permutation of the cell levels, and no decision is spent on them.
 
 Input and output picks index a pool: the space's levels as cell inputs ``P{level}`` first, then
-node ``n{i}`` at ``len(levels) + i``. Every position has a fixed number of options
+node ``n{i}`` at ``len(levels) + i``. A space with ``raw_inputs`` (backbone levels) also lets
+nodes read those raw backbone features: input picks then index ``C{level}`` after the cell
+inputs and the nodes after those (output picks are unchanged); without it the layout is as it
+was, so the encodings of existing spaces do not move. An op that reads a raw feature (``rfa``)
+is offered only to a node reading one at its level. Every position has a fixed number of options
 (:attr:`SearchSpace.decision_sizes`); which of them are valid depends on the earlier decisions
 (:meth:`SearchSpace.valid_choices`), and a decision with no choice left (an unused input slot,
 a slot past the last node) must be 0. Every valid sequence decodes to a valid genotype. Plain
@@ -32,7 +36,7 @@ from .genotype import ExtraLevels, Genotype, GenotypeError, topological
 from .shipped import REFERENCE_DIR, yaml_problem, yaml_stems
 from .vocabulary import COMBINES, EXTRA_OPS, MAX_INPUTS, OPS, count_text, mergeable_counts
 
-SPACE_KEYS = ("name", "description", "cell", "choose", "nodes", "inputs", "combines", "ops", "outputs")
+SPACE_KEYS = ("name", "description", "cell", "choose", "nodes", "inputs", "combines", "ops", "raw_inputs", "outputs")
 
 
 class SearchSpace:
@@ -45,6 +49,7 @@ class SearchSpace:
         nodes: the number of nodes, or ``(min, max)``.
         inputs: the allowed numbers of inputs per node.
         combines, ops: the allowed merges and node ops.
+        raw_inputs: backbone levels whose raw features (``C{level}``) nodes may read.
         outputs: ``any`` or ``last``.
         name: for reports.
     """
@@ -52,7 +57,7 @@ class SearchSpace:
     def __init__(self, *, cell: Mapping[str, Any], choose: Mapping[str, Sequence[Any]] | None = None,
                  nodes: int | Sequence[int] = 7, inputs: Sequence[int] = (2,),
                  combines: Sequence[str] = ("sum", "global_attention"), ops: Sequence[str] = ("relu_conv_bn",),
-                 outputs: str = "any", name: str = ""):
+                 raw_inputs: Sequence[int] = (), outputs: str = "any", name: str = ""):
         self.name = name
         choose = dict(choose or {})
         for key in choose:
@@ -84,6 +89,7 @@ class SearchSpace:
             raise SpaceError(f"outputs: must be 'any' or 'last', got {outputs!r}")
         self.outputs = outputs
         self.levels = self.template.levels
+        self._check_raw(raw_inputs)
         if outputs == "last":
             too_few = [g for g in self._all_templates() if len(g.cell_levels) > self.min_nodes]
             if too_few:
@@ -91,6 +97,22 @@ class SearchSpace:
         self.decisions = self._layout()
 
     # --- construction helpers -------------------------------------------------------------
+    def _check_raw(self, raw_inputs: Sequence[int]) -> None:
+        self.raw_inputs = tuple(raw_inputs) if isinstance(raw_inputs, (list, tuple)) else (None,)
+        backbone = self.template.backbone_levels
+        if not set(self.raw_inputs) <= set(backbone) or len(set(self.raw_inputs)) < len(self.raw_inputs):
+            raise SpaceError(f"raw_inputs: must list distinct backbone levels of {list(backbone)}, got {raw_inputs!r}")
+        self.raw = {f"C{lv}": lv for lv in self.raw_inputs}  # name -> level
+        raw_ops = [op for op in self.ops if OPS[op].reads_backbone]
+        if raw_ops and (not self.raw or 1 not in self.inputs or len(raw_ops) == len(self.ops)):
+            raise SpaceError(f"ops: {raw_ops} read one raw backbone feature: the space needs raw_inputs, 1 among "
+                             f"inputs, and another op for the nodes that read cell inputs")
+
+    def input_name(self, pick: int) -> str:
+        """The name an input pick stands for: ``P{level}``, then ``C{level}``, then ``n{i}``."""
+        L, R = len(self.levels), len(self.raw_inputs)
+        return f"P{self.levels[pick]}" if pick < L else f"C{self.raw_inputs[pick - L]}" if pick < L + R else f"n{pick - L - R}"
+
     @staticmethod
     def _template(cell: Mapping[str, Any]) -> Genotype:
         if "levels" not in cell:
@@ -124,7 +146,7 @@ class SearchSpace:
         return [self.template.replace(extra=e) for e in self.choose.get("extra", (self.template.extra,))]
 
     def _layout(self) -> tuple[Decision, ...]:
-        L, pool = len(self.levels), len(self.levels) + self.max_nodes - 1
+        L, pool = len(self.levels), len(self.levels) + len(self.raw_inputs) + self.max_nodes - 1
         out: list[Decision] = [Decision("choose", 0, len(v), k) for k, v in self.choose.items()]
         if self.min_nodes < self.max_nodes:
             out.append(Decision("num_nodes", 0, self.max_nodes - self.min_nodes + 1))
@@ -196,7 +218,11 @@ class SearchSpace:
         if not self.min_nodes <= n <= self.max_nodes:
             raise SpaceError(f"{n} nodes; the space has {self.min_nodes} to {self.max_nodes}")
         L = len(self.levels)
-        pool = {f"P{lv}": k for k, lv in enumerate(self.levels)} | {f"n{i}": L + i for i in range(n)}
+        pool = {self.input_name(p): p for p in range(L + len(self.raw_inputs) + n)}
+        out_pool = {f"P{lv}": k for k, lv in enumerate(self.levels)} | {f"n{i}": L + i for i in range(n)}
+        strange = [name for node in genotype.nodes for name in node.inputs if name not in pool]
+        if strange:
+            raise SpaceError(f"input {strange[0]!r} is not among the space's inputs {list(pool)[:-n]}")
         decisions: list[int] = []
         for d in self.decisions:
             node = genotype.nodes[d.slot] if d.kind not in ("choose", "num_nodes", "output") and d.slot < n else None
@@ -219,7 +245,7 @@ class SearchSpace:
                 decisions.append(_index(self.ops, node.op, f"node n{d.slot}: op"))
             else:  # output
                 level = self.levels[d.slot]
-                decisions.append(pool[genotype.output_of(level)] if level in genotype.cell_levels else 0)
+                decisions.append(out_pool[genotype.output_of(level)] if level in genotype.cell_levels else 0)
         try:
             decoded = self.decode(decisions)
         except SpaceError as err:
@@ -355,5 +381,5 @@ def space_from_dict(data: Any) -> SearchSpace:
         raise SpaceError(f"unknown key(s) {unknown}; valid keys are {list(SPACE_KEYS)}")
     if not isinstance(data.get("cell"), Mapping):
         raise SpaceError("cell: missing (the fixed genotype fields: levels, repeats, width, ...)")
-    kwargs = {k: data[k] for k in ("choose", "nodes", "inputs", "combines", "ops", "outputs") if k in data}
+    kwargs = {k: data[k] for k in ("choose", "nodes", "inputs", "combines", "ops", "raw_inputs", "outputs") if k in data}
     return SearchSpace(cell=data["cell"], name=str(data.get("name", "")), **kwargs)

@@ -189,10 +189,11 @@ def test_unused_sum_follows_list_order_and_never_cycles():
     assert len(live) == 4 and genotype.hash() == genotype.canonical().hash()
 
 
-def test_every_sample_of_the_wide_space_hashes():
+@pytest.mark.parametrize("space", ["wide", "wide_family"])
+def test_every_sample_of_the_wide_space_hashes(space):
     from nasfpn.space import load_space
 
-    wide = load_space("wide")
+    wide = load_space(space)
     for seed in range(300):
         genotype = wide.decode(wide.sample(seed))
         canonical = genotype.canonical()

@@ -169,14 +169,15 @@ def test_global_attention_takes_the_coarser_input_as_hi():
     assert neck.cells[0].n0.order == (1, 0)
 
 
-def test_samples_of_the_wide_space_build_and_export_identically(tmp_path):
+@pytest.mark.parametrize("space, seeds", [("wide", 25), ("wide_family", 12)])
+def test_samples_of_the_wide_space_build_and_export_identically(space, seeds, tmp_path):
     from nasfpn.export import export_neck, load_exported
     from nasfpn.space import load_space
 
-    wide = load_space("wide")
+    wide = load_space(space)
     channels = {3: 8, 4: 16, 5: 32}
     x = example_inputs(channels, 128)
-    for seed in range(25):
+    for seed in range(seeds):
         genotype = wide.decode(wide.sample(seed)).replace(width=8, repeats=2)
         built = build_neck(genotype, channels).eval()
         export_neck(genotype, channels, tmp_path / f"neck{seed}.py")
