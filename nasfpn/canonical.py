@@ -28,7 +28,8 @@ def canonical_form(genotype: Genotype) -> Genotype:
     """See :meth:`Genotype.canonical`."""
     genotype = genotype.spelled_out()
     live = genotype.live_nodes()
-    signature: dict[str, str] = {name: name for name in genotype.cell_inputs}
+    # Inputs sign with their names (raw inputs, C3.., too: a genotype that reads none hashes as before).
+    signature: dict[str, str] = {name: name for name in genotype.cell_inputs + genotype.raw_inputs}
     for i in sorted(live):
         node = genotype.nodes[i]
         inputs = _ordered_inputs(genotype, node, signature)
@@ -43,7 +44,7 @@ def canonical_form(genotype: Genotype) -> Genotype:
             readers[d].append(i)
     ready = [(signature[f"n{i}"], i) for i in live if waiting[i] == 0]
     heapq.heapify(ready)
-    rename: dict[str, str] = {name: name for name in genotype.cell_inputs}
+    rename: dict[str, str] = {name: name for name in genotype.cell_inputs + genotype.raw_inputs}
     order: list[int] = []
     while ready:
         _, i = heapq.heappop(ready)

@@ -27,6 +27,8 @@ COL, ROW = 1.55, 1.0              # column and row spacing
 NODE_W, NODE_H = 0.64, 0.25       # half sizes of a node box
 OUT_W, OUT_H = 0.40, 0.20         # half sizes of an output box
 IN_R = 0.21                       # radius of a cell-input circle
+RAW_X, RAW_DY = -0.6, 0.36        # where a raw backbone input (C3..) stands: left of and above its P
+RAW_FC, RAW_EC = "#e4f2df", "#3d6b35"
 MIN_WIDTH = 9.0                   # inches
 LANE = 0.42                       # offset of a lane along a row
 RADS = (0.06, -0.06, 0.1, -0.1, 0.15, -0.15, 0.2, -0.2, 0.3, -0.3, 0.45, -0.45)
@@ -46,6 +48,9 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
                          f"use one of {list(FORMATS)}")
     g = genotype.spelled_out()
     live = sorted(g.live_nodes())
+    read = {n for i in live for n in g.nodes[i].inputs}
+    raw = [(name, level) for name, level in zip(g.raw_inputs, g.backbone_levels) if name in read]
+    shift = -RAW_X if raw else 0.0             # the row labels move left to make room for them
     rows = list(g.levels)                      # extra levels made after the cell get a row too
     row_y = {level: i * ROW for i, level in enumerate(rows)}
     x_out = (len(live) + 1) * COL
@@ -54,12 +59,14 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
     boxes: dict[str, tuple[float, float, float, float]] = {}
     for name, level in zip(g.cell_inputs, g.cell_levels):
         boxes[name] = (0.0, row_y[level], IN_R, IN_R)
+    for name, level in raw:
+        boxes[name] = (RAW_X, row_y[level] + RAW_DY, IN_R, IN_R)
     for pos, i in enumerate(live):
         boxes[f"n{i}"] = ((pos + 1) * COL, row_y[g.nodes[i].level], NODE_W, NODE_H)
     for level in rows:
         boxes[f"out{level}"] = (x_out, row_y[level], OUT_W, OUT_H)
 
-    x_lo, x_hi = -1.35, x_out + OUT_W + 0.25
+    x_lo, x_hi = -1.35 - shift, x_out + OUT_W + 0.25
     pad = max(0.0, MIN_WIDTH - (x_hi - x_lo)) / 2     # room for the subtitle and the legend
     x_lo, x_hi = x_lo - pad, x_hi + pad
     y_lo, y_hi = -0.75, row_y[rows[-1]] + 0.75
@@ -75,9 +82,9 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
     for level in rows:
         y = row_y[level]
         ax.axhline(y, color="#e6e6e6", lw=0.8, zorder=0)
-        ax.text(-1.23, y + 0.05, f"P{level}", ha="left", va="bottom", fontsize=11,
+        ax.text(-1.23 - shift, y + 0.05, f"P{level}", ha="left", va="bottom", fontsize=11,
                 fontweight="bold", color="#444444")
-        ax.text(-1.23, y - 0.02, f"stride {2 ** level}", ha="left", va="top", fontsize=6.5,
+        ax.text(-1.23 - shift, y - 0.02, f"stride {2 ** level}", ha="left", va="top", fontsize=6.5,
                 color="#777777")
 
     patches: dict[str, object] = {}
@@ -85,13 +92,17 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
         x, y, _, _ = boxes[name]
         patches[name] = ax.add_patch(Circle((x, y), IN_R, fc="#efefef", ec="#444444", lw=1.0, zorder=3))
         ax.text(x, y, name, ha="center", va="center", fontsize=8, zorder=4)
+    for name, level in raw:  # the backbone's own features, at its channels
+        x, y, _, _ = boxes[name]
+        patches[name] = ax.add_patch(Circle((x, y), IN_R, fc=RAW_FC, ec=RAW_EC, lw=1.0, zorder=3))
+        ax.text(x, y, name, ha="center", va="center", fontsize=8, zorder=4)
     outputs = set(g.outputs)
     for i in live:
         name, node = f"n{i}", g.nodes[i]
         x, y, w, h = boxes[name]
         patches[name] = ax.add_patch(FancyBboxPatch(
             (x - w, y - h), 2 * w, 2 * h, boxstyle="round,pad=0,rounding_size=0.06",
-            fc="#dce8f7" if OPS[node.op].layer is not None else "#ffffff", ec="#2d4d7a",
+            fc="#dce8f7" if OPS[node.op].layer or OPS[node.op].reads_backbone else "#ffffff", ec="#2d4d7a",
             lw=1.6 if name in outputs else 0.9, zorder=3))
         ax.text(x, y + 0.07, name, ha="center", va="center", fontsize=8, fontweight="bold", zorder=4)
         ax.text(x, y - 0.10, f"{COMBINES[node.combine].label} · {OPS[node.op].label}", ha="center",
@@ -141,6 +152,8 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
                Line2D([], [], color=SAME, lw=1.4, label="same level"),
                Patch(fc="#dce8f7", ec="#2d4d7a", label="node with op"),
                Patch(fc="#ffffff", ec="#2d4d7a", label="merge only")]
+    if raw:
+        handles.append(Patch(fc=RAW_FC, ec=RAW_EC, label="backbone feature (raw C)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False,
                bbox_to_anchor=(0.5, 0.0), handlelength=2.0, columnspacing=1.6)
 

@@ -131,7 +131,8 @@ class _Writer:
         return [f"{owner}{path} = {call.source()}" for path, call in calls.items()]
 
     def _cell_source(self, name: str, init: list[str], body: list[str]) -> str:
-        args = ", ".join(f"p{lv}: Tensor" for lv in self.graph.cell_levels)
+        args = ", ".join([f"p{lv}: Tensor" for lv in self.graph.cell_levels] +
+                         [f"c{lv}: Tensor" for lv in self.neck.raw_levels])  # the raw features it reads
         ret = ", ".join("Tensor" for _ in self.graph.cell_levels)
         lines = [f"class {name}(nn.Module):", "    def __init__(self):", "        super().__init__()"]
         lines += [f"        {line}" for line in init]
@@ -163,7 +164,8 @@ class _Writer:
             body += extra
         init.append(f"self.cells = nn.ModuleList([{', '.join(f'{c}()' for c in self.cell_types)}])")
         state = ", ".join(f"p{lv}" for lv in g.cell_levels)
-        body += ["for cell in self.cells:", f"    {state} = cell({state})"]
+        args = ", ".join([state] + [f"c{lv}" for lv in neck.raw_levels])
+        body += ["for cell in self.cells:", f"    {state} = cell({args})"]
         if neck.extra_after_cells:
             body += extra
         body.append("return {" + ", ".join(f"'p{lv}': p{lv}" for lv in g.levels) + "}")

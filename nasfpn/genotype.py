@@ -21,6 +21,11 @@ downsampling) are records of :mod:`nasfpn.vocabulary`.
   conv), ``pool`` (2x2 max-pool), ``proj_pool`` (1x1 conv + BN, then 2x2 max-pool).
 * Cell inputs are named ``P{level}``: every level, or only the backbone's when
   ``extra.source`` is ``output``; those are the *cell levels*. Node ``i`` is named ``n{i}``.
+* Raw inputs are the backbone's own features, ``C{level}`` for each backbone level, at the
+  backbone's channels and the same in every cell. A node may read them like any name (an op at
+  the width reads one of another width through its own 1x1 conv + BN); an op that reads a raw
+  feature itself (``rfa``) reads exactly one, at its own level. No output names one, and the
+  ``unused`` rule never adds one (see :class:`nasfpn.vocabulary.Op`).
 * A node reads 1 to 3 distinct, earlier names (``inputs``), resamples each to its ``level``
   (nearest upsampling to the exact size going finer; going coarser a max-pool, or with
   ``downsample: conv`` a stride-2 3x3 conv per edge), merges them with ``combine`` and applies
@@ -106,9 +111,13 @@ class Genotype:
     def cell_inputs(self) -> tuple[str, ...]:
         return tuple(f"P{level}" for level in self.cell_levels)
 
+    @property
+    def raw_inputs(self) -> tuple[str, ...]:
+        return tuple(f"C{level}" for level in self.backbone_levels)
+
     def level_of(self, name: str) -> int:
-        """The level of a cell input (``P4``) or node (``n2``)."""
-        if name.startswith("P"):
+        """The level of a cell input (``P4``), raw input (``C5``) or node (``n2``)."""
+        if name.startswith(("P", "C")):
             return int(name[1:])
         return self.nodes[int(name[1:])].level
 
@@ -129,6 +138,7 @@ class Genotype:
         if not self.nodes:
             raise GenotypeError("nodes: the node list is empty")
         known = {name: level for name, level in zip(self.cell_inputs, self.cell_levels)}
+        raw = dict(zip(self.raw_inputs, self.backbone_levels))
         for i, node in enumerate(self.nodes):
             where = f"node n{i}"
             if not _is_int(node.level) or node.level not in self.cell_levels:
@@ -141,23 +151,29 @@ class Genotype:
             for name in node.inputs:
                 if not isinstance(name, str):
                     raise GenotypeError(f"{where}: inputs: {name!r} is not a name")
-                if name not in known:
+                if name not in known and name not in raw:
                     later = name.startswith("n") and name[1:].isdigit() and int(name[1:]) < len(self.nodes)
                     why = "is this node or a later one (a cycle)" if later else "does not exist"
+                    if name.startswith("C"):
+                        why = f"is not a feature the backbone gives ({list(raw)})"
                     raise GenotypeError(f"{where}: input {name!r} {why}; it may read "
-                                        f"{sorted(known, key=_name_order)}")
+                                        f"{sorted([*known, *raw], key=_name_order)}")
             if len(set(node.inputs)) != len(node.inputs):
                 raise GenotypeError(f"{where}: inputs {list(node.inputs)} name the same input twice")
             if len(node.inputs) not in COMBINES[node.combine].arity:
                 raise GenotypeError(f"{where}: combine {node.combine!r} merges "
                                     f"{COMBINES[node.combine].arity_text()} inputs, got {len(node.inputs)}")
+            problem = OPS[node.op].input_problem(node.inputs, raw, node.level)
+            if problem:
+                raise GenotypeError(f"{where}: op: {problem}")
             known[f"n{i}"] = node.level
         if len(self.outputs) != len(self.cell_levels):
             raise GenotypeError(f"outputs: one output per cell level {list(self.cell_levels)} is needed, "
                                 f"got {len(self.outputs)}")
         for level, name in zip(self.cell_levels, self.outputs):
             if name not in known:
-                raise GenotypeError(f"outputs: level {level} names {name!r}, which does not exist")
+                why = "a raw backbone feature, not a cell input or node" if name in raw else "which does not exist"
+                raise GenotypeError(f"outputs: level {level} names {name!r}, {why}")
             if known[name] != level:
                 raise GenotypeError(f"outputs: level {level} names {name!r}, which is at level {known[name]}")
         return self
@@ -358,7 +374,7 @@ def spell_out_unused(genotype: Genotype) -> Genotype:
     outputs = list(genotype.outputs)
     most = max(COMBINES["sum"].arity)
     for k, (level, out) in enumerate(zip(genotype.cell_levels, genotype.outputs)):
-        before = _name_order(out) if out.startswith("n") else (2, 0)
+        before = _name_order(out) if out.startswith("n") else (3, 0)
         extra = [n for n in unread if genotype.level_of(n) == level and _name_order(n) < before]
         if not extra:
             continue
@@ -447,7 +463,7 @@ _Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping(
 
 
 def _name_order(name: str) -> tuple[int, int]:
-    return (0 if name.startswith("P") else 1, int(name[1:]))
+    return ("PCn".index(name[0]), int(name[1:]))
 
 
 def _is_int(value: Any) -> bool:

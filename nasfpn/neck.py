@@ -70,7 +70,7 @@ class MergeNode(_MadeFromCalls):
     def __init__(self, genotype: Genotype, index: int, channels: Mapping[str, int], width: int):
         super().__init__()
         node = genotype.nodes[index]
-        combine = COMBINES[node.combine]
+        combine, op = COMBINES[node.combine], OPS[node.op]
         levels = [genotype.level_of(name) for name in node.inputs]
         # Per input: how many levels it moves (negative: coarser input, upsample).
         self.steps = [node.level - level for level in levels]
@@ -79,7 +79,9 @@ class MergeNode(_MadeFromCalls):
         self.adapters: List[Optional[str]] = []
         self.downs: List[Optional[str]] = []
         for j, (name, step) in enumerate(zip(node.inputs, self.steps)):
-            adapts, learns = channels[name] != width, step > 0 and learned_down is not None
+            # An op that reads a raw backbone feature takes it at its own channels (and level).
+            adapts = channels[name] != width and not op.reads_backbone
+            learns = step > 0 and learned_down is not None
             if adapts:
                 self.add_layer(f"lat{j}", adapter(channels[name], width))
             if learns:
@@ -91,8 +93,9 @@ class MergeNode(_MadeFromCalls):
         # The merge: a learned layer called on the list of inputs, or a function of them.
         self.fuse = None if combine.layer is None else self.add_layer("fuse", combine.layer(len(node.inputs)))
         self.merge = combine.merge_function()
-        op = OPS[node.op].layer
-        self.op = None if op is None else self.add_layer("op", op(width, genotype.activation))
+        call = (op.backbone_layer(channels[node.inputs[0]], width) if op.reads_backbone else
+                None if op.layer is None else op.layer(width, genotype.activation))
+        self.op = None if call is None else self.add_layer("op", call)
 
     def forward(self, inputs: List[Tensor], like: Tensor) -> Tensor:
         xs = []
@@ -112,11 +115,12 @@ class MergeNode(_MadeFromCalls):
 
 
 class Cell(_MadeFromCalls):
-    """One repeat of the cell: its live nodes, in genotype order, named ``n{i}``."""
+    """One repeat of the cell: its live nodes, in genotype order, named ``n{i}``. It takes the
+    cell inputs followed by the raw backbone features its nodes read (:func:`raw_levels`)."""
 
     def __init__(self, genotype: Genotype, channels: Mapping[str, int], width: int):
         super().__init__()
-        self.input_names = genotype.cell_inputs
+        self.input_names = genotype.cell_inputs + tuple(f"C{level}" for level in raw_levels(genotype))
         self.outputs = genotype.outputs
         self.plan = []  # (node name, its inputs, the cell input giving its size)
         channels = dict(channels)
@@ -188,8 +192,10 @@ class Neck(_MadeFromCalls):
         # Where the extra levels start: before the cells from C5 or P5, or after them from the P5 output.
         self.extra_from_backbone, self.extra_after_cells = source == "backbone", source == "output"
 
-        first = {f"P{lv}": lateral_width[lv] for lv in levels} | {f"P{lv}": width for lv in genotype.extra_levels}
-        rest = {name: width for name in graph.cell_inputs}
+        raw = {f"C{lv}": in_channels[lv] for lv in levels}  # read by a node as they are, in every cell
+        first = {f"P{lv}": lateral_width[lv] for lv in levels} | {f"P{lv}": width for lv in genotype.extra_levels} | raw
+        rest = {name: width for name in graph.cell_inputs} | raw
+        self.raw_levels = raw_levels(graph)
         self.cells = nn.ModuleList(Cell(graph, first if k == 0 else rest, width) for k in range(genotype.repeats))
 
     @property
@@ -221,8 +227,9 @@ class Neck(_MadeFromCalls):
         laterals = OrderedDict((f"p{lv}", pyramid[lv]) for lv in self.pre_fusion_levels)
         cell_levels = self.genotype.cell_levels
         feats = [pyramid[lv] for lv in cell_levels]
+        raws = [raw[lv] for lv in self.raw_levels]
         for cell in self.cells:
-            feats = cell(feats)
+            feats = cell(feats + raws)
         pyramid = dict(zip(cell_levels, feats))
         if self.extra_after_cells:
             self._add_extra(pyramid, pyramid[levels[-1]])
@@ -236,6 +243,12 @@ class Neck(_MadeFromCalls):
     def extra_repr(self) -> str:
         name = f"{self.genotype.name!r}, " if self.genotype.name else ""
         return f"{name}levels={list(self.levels)}, width={self.out_channels}, repeats={self.genotype.repeats}"
+
+
+def raw_levels(graph: Genotype) -> List[int]:
+    """The levels whose raw backbone feature (``C{level}``) a live node of ``graph`` reads."""
+    read = {n for i in graph.live_nodes() for n in graph.nodes[i].inputs}
+    return [lv for lv, name in zip(graph.backbone_levels, graph.raw_inputs) if name in read]
 
 
 @torch.no_grad()

@@ -6,8 +6,12 @@ level, as torchvision's FPN does, so odd sizes work) and one max-pool with kerne
 2^k going coarser. A stride-2 3x3 conv is used instead where the design learns its
 downsampling: PANet's bottom-up path (``DownConv``) and the extra levels of RetinaNet's FPN
 (``ExtraConv``).
+
+Two layers come from the rest of the neck family: AugFPN's residual feature augmentation
+(``RFA``, which reads a raw backbone feature) and DetectoRS' switchable atrous convolution
+(``SAConv2d``, here a neck op followed by BN: ``SACBN``).
 """
-from typing import List
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -133,3 +137,102 @@ class ExtraPool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return downsample(self.project(x), 2)
+
+
+class RFA(nn.Module):
+    """AugFPN's residual feature augmentation (Guo et al., CVPR 2020), as its code builds it
+    (Gus-Guo/AugFPN ``high_fpn.py``): from a raw backbone feature (normally C5), one branch per
+    ratio: adaptive average pool to ``max(1, int(ratio * size))``, a 1x1 conv with bias to
+    ``out_channels``, bilinear upsampling (corners aligned) back to the feature's size; then
+    adaptive spatial fusion: the branches concatenated, 1x1 conv, ReLU, 3x3 conv to one map per
+    branch, a sigmoid on each (independently), and the branches summed with those weights. The
+    neck adds the result to the top lateral before the top-down pass (a node of the genotype).
+    Convs keep torch's default init (AugFPN's Xavier init is a training detail, as everywhere
+    in this project)."""
+
+    def __init__(self, in_channels: int, out_channels: int, ratios: Tuple[float, ...] = (0.1, 0.2, 0.3)):
+        super().__init__()
+        self.ratios = [float(r) for r in ratios]
+        self.branches = nn.ModuleList([nn.Conv2d(in_channels, out_channels, 1) for _ in self.ratios])
+        self.fusion = nn.Sequential(nn.Conv2d(out_channels * len(self.ratios), out_channels, 1), nn.ReLU(),
+                                    nn.Conv2d(out_channels, len(self.ratios), 3, padding=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        feats: List[Tensor] = []
+        for i, branch in enumerate(self.branches):
+            size = [max(1, int(h * self.ratios[i])), max(1, int(w * self.ratios[i]))]
+            feats.append(F.interpolate(branch(F.adaptive_avg_pool2d(x, size)), size=[h, w], mode="bilinear",
+                                       align_corners=True))
+        weights = torch.sigmoid(self.fusion(torch.cat(feats, dim=1)))
+        out = feats[0] * weights[:, 0:1]
+        for i in range(1, len(feats)):
+            out = out + feats[i] * weights[:, i:i + 1]
+        return out
+
+
+class SAConv2d(nn.Module):
+    """DetectoRS' switchable atrous convolution (Qiao et al., CVPR 2021), part for part as mmcv's
+    ``SAConv2d`` (``mmcv/ops/saconv.py``), 3x3, stride 1, without its deformable option:
+
+    * pre-context: ``x += conv1x1(GAP(x))`` (zero-initialised);
+    * switch: ``S = conv1x1(avgpool5x5(x))`` to one channel, initialised to weight 0 and bias 1,
+      with no sigmoid (as mmcv);
+    * one weight ``W`` applied at dilation 1, and ``W + weight_diff`` (zero-initialised) at
+      dilation 3 (padding 3); ``out = S * out1 + (1 - S) * out3``;
+    * post-context: ``out += conv1x1(GAP(out))`` (zero-initialised).
+
+    ``context=False`` leaves out both context convs. ``W`` is weight-standardised (per output
+    channel, ``(W - mean) / sqrt(var + 1e-5)``) as mmcv's ``ConvAWS2d`` does, so that the
+    zero-initialised ``weight_diff`` is learned against a unit-scale weight as in DetectoRS;
+    ConvAWS2d's ``weight_gamma``/``weight_beta`` buffers are left out: they exist to reproduce
+    a pretrained backbone conv, and set to their defaults (1, 0) they change nothing. No conv
+    bias: mmcv's is dead (it convolves with a zero bias) and BN follows here. The 5x5 pool
+    averages over the part of its window inside the map, where mmcv pads by reflection, which
+    needs maps of 3 pixels or more (a neck runs on P7 maps of 1 or 2).
+
+    DetectoRS puts SAC in the backbone (every 3x3 conv of ResNet stages 2-4, locked to the
+    pretrained conv); as a neck op it is an adaptation: nothing pretrained to lock to, and a
+    norm after it (:class:`SACBN`).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, context: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv2d's default
+        self.weight_diff = nn.Parameter(torch.zeros(out_channels, in_channels, 3, 3))
+        self.switch = nn.Conv2d(in_channels, 1, 1)
+        nn.init.zeros_(self.switch.weight)
+        nn.init.ones_(self.switch.bias)
+        self.pre_context = nn.Conv2d(in_channels, in_channels, 1) if context else None
+        self.post_context = nn.Conv2d(out_channels, out_channels, 1) if context else None
+        for conv in (self.pre_context, self.post_context):
+            if conv is not None:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pre_context is not None:
+            x = x + self.pre_context(F.adaptive_avg_pool2d(x, 1))
+        switch = self.switch(F.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False))
+        flat = self.weight.flatten(1)
+        mean, std = flat.mean(dim=1).view(-1, 1, 1, 1), torch.sqrt(flat.var(dim=1) + 1e-5).view(-1, 1, 1, 1)
+        weight = (self.weight - mean) / std
+        small = F.conv2d(x, weight, None, 1, 1, 1)
+        large = F.conv2d(x, weight + self.weight_diff, None, 1, 3, 3)
+        out = switch * small + (1 - switch) * large
+        if self.post_context is not None:
+            out = out + self.post_context(F.adaptive_avg_pool2d(out, 1))
+        return out
+
+
+class SACBN(nn.Module):
+    """The ``sac`` node op: :class:`SAConv2d` then BN, as a conv op of the neck has its norm."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = SAConv2d(channels, channels)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x))

@@ -12,7 +12,11 @@ others, and describes the nodes. A genotype is written as decisions in this orde
    a permutation of the cell levels, and no decision is spent on them.
 
 Input and output picks index a pool: the space's levels as cell inputs ``P{level}`` first, then
-node ``n{i}`` at ``len(levels) + i``. Every position has a fixed number of options
+node ``n{i}`` at ``len(levels) + i``. A space with ``raw_inputs`` (backbone levels) also lets
+nodes read those raw backbone features: input picks then index ``C{level}`` after the cell
+inputs and the nodes after those (output picks are unchanged); without it the layout is as it
+was, so the encodings of existing spaces do not move. An op that reads a raw feature (``rfa``)
+is offered only to a node reading one at its level. Every position has a fixed number of options
 (:attr:`SearchSpace.decision_sizes`); which of them are valid depends on the earlier decisions
 (:meth:`SearchSpace.valid_choices`), and a decision with no choice left (an unused input slot,
 a slot past the last node) must be 0. Every valid sequence decodes to a valid genotype. Plain
@@ -22,32 +26,17 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .genotype import ExtraLevels, Genotype, GenotypeError, Node, topological
+from .decisions import CHOOSABLE, Decision, SpaceError, Walk
+from .genotype import ExtraLevels, Genotype, GenotypeError, topological
 from .shipped import REFERENCE_DIR, yaml_problem, yaml_stems
-from .vocabulary import COMBINES, EXTRA_OPS, LATERALS, MAX_INPUTS, OPS, count_text, mergeable_counts
+from .vocabulary import COMBINES, EXTRA_OPS, MAX_INPUTS, OPS, count_text, mergeable_counts
 
-CHOOSABLE = ("lateral", "extra", "downsample", "activation", "unused")
-SPACE_KEYS = ("name", "description", "cell", "choose", "nodes", "inputs", "combines", "ops", "outputs")
-
-
-class SpaceError(ValueError):
-    """A search-space file that is malformed; the message names the field."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One position of the decision sequence: its kind (``input``, ``level``...), the node slot
-    (or output level index) it belongs to, and how many options it has."""
-    kind: str
-    slot: int
-    size: int
-    detail: str = ""
+SPACE_KEYS = ("name", "description", "cell", "choose", "nodes", "inputs", "combines", "ops", "raw_inputs", "outputs")
 
 
 class SearchSpace:
@@ -60,6 +49,7 @@ class SearchSpace:
         nodes: the number of nodes, or ``(min, max)``.
         inputs: the allowed numbers of inputs per node.
         combines, ops: the allowed merges and node ops.
+        raw_inputs: backbone levels whose raw features (``C{level}``) nodes may read.
         outputs: ``any`` or ``last``.
         name: for reports.
     """
@@ -67,7 +57,7 @@ class SearchSpace:
     def __init__(self, *, cell: Mapping[str, Any], choose: Mapping[str, Sequence[Any]] | None = None,
                  nodes: int | Sequence[int] = 7, inputs: Sequence[int] = (2,),
                  combines: Sequence[str] = ("sum", "global_attention"), ops: Sequence[str] = ("relu_conv_bn",),
-                 outputs: str = "any", name: str = ""):
+                 raw_inputs: Sequence[int] = (), outputs: str = "any", name: str = ""):
         self.name = name
         choose = dict(choose or {})
         for key in choose:
@@ -99,6 +89,7 @@ class SearchSpace:
             raise SpaceError(f"outputs: must be 'any' or 'last', got {outputs!r}")
         self.outputs = outputs
         self.levels = self.template.levels
+        self._check_raw(raw_inputs)
         if outputs == "last":
             too_few = [g for g in self._all_templates() if len(g.cell_levels) > self.min_nodes]
             if too_few:
@@ -106,6 +97,22 @@ class SearchSpace:
         self.decisions = self._layout()
 
     # --- construction helpers -------------------------------------------------------------
+    def _check_raw(self, raw_inputs: Sequence[int]) -> None:
+        self.raw_inputs = tuple(raw_inputs) if isinstance(raw_inputs, (list, tuple)) else (None,)
+        backbone = self.template.backbone_levels
+        if not set(self.raw_inputs) <= set(backbone) or len(set(self.raw_inputs)) < len(self.raw_inputs):
+            raise SpaceError(f"raw_inputs: must list distinct backbone levels of {list(backbone)}, got {raw_inputs!r}")
+        self.raw = {f"C{lv}": lv for lv in self.raw_inputs}  # name -> level
+        raw_ops = [op for op in self.ops if OPS[op].reads_backbone]
+        if raw_ops and (not self.raw or 1 not in self.inputs or len(raw_ops) == len(self.ops)):
+            raise SpaceError(f"ops: {raw_ops} read one raw backbone feature: the space needs raw_inputs, 1 among "
+                             f"inputs, and another op for the nodes that read cell inputs")
+
+    def input_name(self, pick: int) -> str:
+        """The name an input pick stands for: ``P{level}``, then ``C{level}``, then ``n{i}``."""
+        L, R = len(self.levels), len(self.raw_inputs)
+        return f"P{self.levels[pick]}" if pick < L else f"C{self.raw_inputs[pick - L]}" if pick < L + R else f"n{pick - L - R}"
+
     @staticmethod
     def _template(cell: Mapping[str, Any]) -> Genotype:
         if "levels" not in cell:
@@ -139,7 +146,7 @@ class SearchSpace:
         return [self.template.replace(extra=e) for e in self.choose.get("extra", (self.template.extra,))]
 
     def _layout(self) -> tuple[Decision, ...]:
-        L, pool = len(self.levels), len(self.levels) + self.max_nodes - 1
+        L, pool = len(self.levels), len(self.levels) + len(self.raw_inputs) + self.max_nodes - 1
         out: list[Decision] = [Decision("choose", 0, len(v), k) for k, v in self.choose.items()]
         if self.min_nodes < self.max_nodes:
             out.append(Decision("num_nodes", 0, self.max_nodes - self.min_nodes + 1))
@@ -211,7 +218,11 @@ class SearchSpace:
         if not self.min_nodes <= n <= self.max_nodes:
             raise SpaceError(f"{n} nodes; the space has {self.min_nodes} to {self.max_nodes}")
         L = len(self.levels)
-        pool = {f"P{lv}": k for k, lv in enumerate(self.levels)} | {f"n{i}": L + i for i in range(n)}
+        pool = {self.input_name(p): p for p in range(L + len(self.raw_inputs) + n)}
+        out_pool = {f"P{lv}": k for k, lv in enumerate(self.levels)} | {f"n{i}": L + i for i in range(n)}
+        strange = [name for node in genotype.nodes for name in node.inputs if name not in pool]
+        if strange:
+            raise SpaceError(f"input {strange[0]!r} is not among the space's inputs {list(pool)[:-n]}")
         decisions: list[int] = []
         for d in self.decisions:
             node = genotype.nodes[d.slot] if d.kind not in ("choose", "num_nodes", "output") and d.slot < n else None
@@ -234,7 +245,7 @@ class SearchSpace:
                 decisions.append(_index(self.ops, node.op, f"node n{d.slot}: op"))
             else:  # output
                 level = self.levels[d.slot]
-                decisions.append(pool[genotype.output_of(level)] if level in genotype.cell_levels else 0)
+                decisions.append(out_pool[genotype.output_of(level)] if level in genotype.cell_levels else 0)
         try:
             decoded = self.decode(decisions)
         except SpaceError as err:
@@ -301,124 +312,6 @@ class SearchSpace:
                 f"combines={list(self.combines)}, ops={list(self.ops)}, outputs={self.outputs!r}, "
                 f"choose={list(self.choose)}, decisions={len(self.decisions)})")
 
-
-class Walk:
-    """The state of a partly made decision sequence (what :class:`SearchSpace` replays)."""
-
-    def __init__(self, space: SearchSpace):
-        self.space = space
-        self.decisions: list[int] = []
-        self.fields: dict[str, Any] = {}
-        self.num_nodes = space.min_nodes
-        self.nodes: list[dict[str, Any]] = [{"k": space.inputs[0], "inputs": [], "level": None,
-                                             "combine": space.combines[0], "op": space.ops[0]}
-                                            for _ in range(space.max_nodes)]
-        self.outputs: dict[int, int] = {}
-        self._template: Genotype | None = None  # cached: rebuilt only when a field is chosen
-        self._choices: tuple[int, tuple[int, ...]] | None = None  # (position, its valid options)
-
-    @property
-    def done(self) -> bool:
-        return len(self.decisions) == len(self.space.decisions)
-
-    @property
-    def template(self) -> Genotype:
-        if self._template is None:
-            self._template = self.space.template.replace(**self.fields)
-        return self._template
-
-    def choices(self) -> list[int]:
-        position = len(self.decisions)
-        if self._choices is None or self._choices[0] != position:
-            self._choices = (position, tuple(self._choices_now()))
-        return list(self._choices[1])
-
-    def _choices_now(self) -> list[int]:
-        space, d = self.space, self.space.decisions[len(self.decisions)]
-        if d.kind == "choose":
-            return [c for c, option in enumerate(space.choose[d.detail]) if self._compatible(d.detail, option)]
-        if d.kind == "num_nodes":
-            return list(range(d.size))
-        if d.kind == "output":
-            level = space.levels[d.slot]
-            if level not in self.template.cell_levels:
-                return [0]
-            L = len(space.levels)
-            return [d.slot] + [L + i for i in range(self.num_nodes) if self.nodes[i]["level"] == level]
-        i = d.slot
-        if i >= self.num_nodes:
-            return [0]
-        node = self.nodes[i]
-        if d.kind == "num_inputs":
-            return list(range(d.size))
-        if d.kind == "input":
-            if int(d.detail) >= node["k"]:
-                return [0]
-            cell = set(self.template.cell_levels)
-            L = len(space.levels)
-            pool = [k for k, lv in enumerate(space.levels) if lv in cell] + [L + j for j in range(i)]
-            return [p for p in pool if p not in node["inputs"]]
-        if d.kind == "level":
-            levels = self.template.cell_levels
-            if space.outputs == "last" and i >= self.num_nodes - len(levels):
-                first = self.num_nodes - len(levels)
-                taken = {self.nodes[j]["level"] for j in range(first, i)}
-                levels = [lv for lv in levels if lv not in taken]
-            return [space.levels.index(lv) for lv in levels]
-        if d.kind == "combine":
-            return [c for c, name in enumerate(space.combines) if node["k"] in COMBINES[name].arity]
-        return list(range(d.size))  # op
-
-    def _compatible(self, key: str, option: Any) -> bool:
-        """Whether a field option agrees with the fields already fixed or chosen."""
-        settled = {k: getattr(self.template, k) for k in CHOOSABLE if k not in self.space.choose or k in self.fields}
-        settled[key] = option
-        lateral, extra = settled.get("lateral"), settled.get("extra")
-        return not (extra is not None and extra.source == "lateral" and not LATERALS[lateral].shared)
-
-    def step(self, choice: int) -> None:
-        valid = self.choices()
-        d = self.space.decisions[len(self.decisions)]
-        if choice not in valid:
-            where = f"decision {len(self.decisions)} ({d.kind}{'' if d.kind in ('choose', 'num_nodes') else f', slot {d.slot}'})"
-            raise SpaceError(f"{where}: {choice!r} is not a valid option; valid: {valid}")
-        self.decisions.append(choice)
-        space = self.space
-        if d.kind == "choose":
-            self.fields[d.detail] = space.choose[d.detail][choice]
-            self._template = None
-        elif d.kind == "num_nodes":
-            self.num_nodes = space.min_nodes + choice
-        elif d.kind == "output":
-            self.outputs[d.slot] = choice
-        elif d.slot < self.num_nodes:
-            node = self.nodes[d.slot]
-            if d.kind == "num_inputs":
-                node["k"] = space.inputs[choice]
-            elif d.kind == "input" and int(d.detail) < node["k"]:
-                node["inputs"].append(choice)
-            elif d.kind == "level":
-                node["level"] = space.levels[choice]
-            elif d.kind == "combine":
-                node["combine"] = space.combines[choice]
-            elif d.kind == "op":
-                node["op"] = space.ops[choice]
-
-    def genotype(self) -> Genotype:
-        space, template = self.space, self.template
-        L = len(space.levels)
-
-        def name(p: int) -> str:
-            return f"P{space.levels[p]}" if p < L else f"n{p - L}"
-
-        nodes = tuple(Node(tuple(name(p) for p in node["inputs"]), node["level"], node["combine"], node["op"])
-                      for node in self.nodes[: self.num_nodes])
-        if space.outputs == "last":
-            last = {nodes[i].level: f"n{i}" for i in range(self.num_nodes - len(template.cell_levels), self.num_nodes)}
-            outputs = tuple(last[lv] for lv in template.cell_levels)
-        else:
-            outputs = tuple(name(self.outputs[space.levels.index(lv)]) for lv in template.cell_levels)
-        return template.replace(nodes=nodes, outputs=outputs, name="").validate()
 
 
 def _outputs_last(genotype: Genotype) -> Genotype:
@@ -488,5 +381,5 @@ def space_from_dict(data: Any) -> SearchSpace:
         raise SpaceError(f"unknown key(s) {unknown}; valid keys are {list(SPACE_KEYS)}")
     if not isinstance(data.get("cell"), Mapping):
         raise SpaceError("cell: missing (the fixed genotype fields: levels, repeats, width, ...)")
-    kwargs = {k: data[k] for k in ("choose", "nodes", "inputs", "combines", "ops", "outputs") if k in data}
+    kwargs = {k: data[k] for k in ("choose", "nodes", "inputs", "combines", "ops", "raw_inputs", "outputs") if k in data}
     return SearchSpace(cell=data["cell"], name=str(data.get("name", "")), **kwargs)

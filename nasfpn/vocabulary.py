@@ -52,11 +52,38 @@ def layer(name: str, *args: Any, **kwargs: Any) -> Layer:
 
 @dataclass(frozen=True)
 class Op:
-    """A node op: what a node applies to its merged inputs, at the neck's width."""
+    """A node op: what a node applies to its merged inputs, at the neck's width.
+
+    An op with a ``backbone_layer`` instead (AugFPN's RFA) reads a raw backbone feature at the
+    backbone's channels: its node reads exactly that one feature, ``C{level}``, at the node's own
+    level, and the layer is made for the feature's channels (no adapter before it). Every other
+    op works at the width; a node whose input is a raw feature of another width reads it through
+    its own :func:`adapter`, the same per-edge 1x1 conv + BN the first cell of EfficientDet's
+    ``edge_conv_bn`` gives a backbone feature. So raw inputs are open to every node, in every
+    cell, by machinery the builder and exporter already had, and only an op that needs the raw
+    channels says so.
+    """
     name: str
     label: str                                              # in drawings
     layer: Callable[[int, str], Layer] | None = None        # (width, activation) -> its layer; None: no op
     reads_activation: bool = False                          # uses the genotype's ``activation`` field
+    backbone_layer: Callable[[int, int], Layer] | None = None  # (backbone channels, width) -> its layer
+
+    def __post_init__(self) -> None:
+        if self.layer is not None and self.backbone_layer is not None:
+            raise ValueError(f"op {self.name!r}: an op reads the width or a backbone feature, not both")
+
+    @property
+    def reads_backbone(self) -> bool:
+        return self.backbone_layer is not None
+
+    def input_problem(self, inputs: Sequence[str], raw: Mapping[str, int], level: int) -> str:
+        """Why a node at ``level`` with this op cannot read ``inputs`` (``raw``: the raw backbone
+        features by name, with their levels); empty when it can."""
+        if self.reads_backbone and (len(inputs) != 1 or raw.get(inputs[0]) != level):
+            return (f"op {self.name!r} reads exactly one raw backbone feature at the node's level "
+                    f"(one of {list(raw)}), got inputs {list(inputs)} at level {level}")
+        return ""
 
 
 ANY, BY_LEVEL, LISTED = "any", "by_level", "listed"
@@ -178,6 +205,8 @@ OPS: Mapping[str, Op] = _table(
     Op("relu_conv_bn", "relu-conv-bn", lambda width, activation: layer("ReluConvBN", width)),
     Op("sepconv_bn", "sepconv-bn", lambda width, activation: layer("SepConvBN", width, swish=activation == "swish"),
        reads_activation=True),
+    Op("sac", "SAC", lambda width, activation: layer("SACBN", width)),
+    Op("rfa", "RFA", backbone_layer=lambda channels, width: layer("RFA", channels, width)),
 )
 
 COMBINES: Mapping[str, Combine] = _table(

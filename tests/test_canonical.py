@@ -1,7 +1,7 @@
 """The hash of a topology does not move: ledgers, feature caches and exported files are keyed by
 it, so a hash that changes orphans every experiment written before the change.
 
-The hashes below are the hashes before the vocabulary refactor (main at 1b21372, before
+The hashes below (but FAMILY's) are the hashes before the vocabulary refactor (main at 1b21372, before
 nasfpn/vocabulary.py), computed by that code. If one fails, the change altered the canonical
 form; that needs a migration of existing ledgers, not a new number here.
 """
@@ -136,3 +136,50 @@ def test_the_listed_order_counts_only_on_a_level_tie():
 
     assert swapped(1).hash() == TIE_SWAPPED_HASH != tie.hash()  # n1: attention between two level-4 inputs
     assert swapped(2).hash() == tie.hash()  # n2: levels 3 and 4, which say which input is which
+
+
+# Genotypes of the rest of the neck family: raw backbone inputs (C3..C5), RFA and SAC. Their
+# hashes are pinned from when they were added, as the ones above.
+FAMILY = {
+    "raw inputs, rfa and sac": ("9359136cf2ace9eeca67a402dd6c9c7c4a0d41c0362bb2f70360081d263fd632", """
+levels: [3, 4, 5, 6, 7]
+lateral: conv
+extra: {source: output, ops: [conv, relu_conv]}
+repeats: 2
+nodes:
+- {inputs: [C5], level: 5, combine: sum, op: rfa}
+- {inputs: [P5, n0], level: 5, combine: sum, op: sac}
+- {inputs: [P4, n1, C4], level: 4, combine: weighted, op: sac}
+- {inputs: [P3, n2, C3], level: 3, combine: sum, op: conv3x3}
+outputs: {3: n3, 4: n2, 5: n1}
+"""),
+}
+
+
+def family(case: str) -> Genotype:
+    return Genotype.from_yaml(FAMILY[case][1], source=case)
+
+
+@pytest.mark.parametrize("case", sorted(FAMILY))
+def test_family_hashes_are_pinned(case):
+    assert family(case).hash() == FAMILY[case][0]
+
+
+def test_raw_inputs_hash_by_name_and_ignore_spelling():
+    genotype = family("raw inputs, rfa and sac")
+    nodes = list(genotype.nodes)
+    nodes[2] = dataclasses.replace(nodes[2], inputs=("C4", "P4", "n1"))       # a weighted merge: order is free
+    assert genotype.replace(nodes=tuple(nodes)).validate().hash() == genotype.hash()
+    nodes[2] = dataclasses.replace(nodes[2], inputs=("P4", "n1"))             # reads C4 no more
+    assert genotype.replace(nodes=tuple(nodes)).validate().hash() != genotype.hash()
+    nodes = list(genotype.nodes)
+    nodes[3] = dataclasses.replace(nodes[3], inputs=("P3", "n2", "P4"))       # P4 where it read C4's level...
+    other = genotype.replace(nodes=tuple(nodes)).validate()
+    nodes[3] = dataclasses.replace(nodes[3], inputs=("P3", "n2", "C4"))       # ... and the raw C4 there
+    assert len({other.hash(), genotype.replace(nodes=tuple(nodes)).validate().hash(), genotype.hash()}) == 3
+    assert Genotype.from_yaml(genotype.to_yaml()) == genotype and genotype.canonical().hash() == genotype.hash()
+
+
+def test_augfpn_hash_is_pinned():
+    # Pinned when search_spaces/augfpn.yaml was added.
+    assert load_genotype("augfpn").hash() == "73a0afd97f8c570b1229fe6e9bd78767b8213ab1ae86e6cccffa2cc07af08882"

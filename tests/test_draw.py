@@ -10,7 +10,7 @@ from PIL import Image
 from nasfpn import Node, load_genotype
 from nasfpn.draw import draw_genotype
 
-REFERENCES = ("fpn", "panet", "bifpn", "nasfpn")
+REFERENCES = ("fpn", "panet", "bifpn", "nasfpn", "augfpn")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -76,3 +76,14 @@ def test_bad_suffix(suffix, tmp_path):
     assert repr(suffix) in str(error.value)
     assert ".png" in str(error.value) and ".svg" in str(error.value)
     assert not list(tmp_path.iterdir())
+
+
+def test_raw_inputs_rfa_and_sac_are_drawn_and_labelled(tmp_path):
+    from test_canonical import family
+
+    text = draw_genotype(family("raw inputs, rfa and sac"), tmp_path / "family.svg").read_text()
+    for label in ("sum · RFA", "sum · SAC", "weighted · SAC", ">C3<", ">C4<", ">C5<", "backbone feature (raw C)"):
+        assert label in text, label
+    assert "backbone feature" not in draw_genotype(load_genotype("fpn"), tmp_path / "fpn.svg").read_text()
+    png = draw_genotype(family("raw inputs, rfa and sac"), tmp_path / "family.png")
+    assert png.read_bytes().startswith(PNG_MAGIC)

@@ -5,7 +5,7 @@ import pytest
 import nasfpn
 from nasfpn import Genotype, GenotypeError, Node, load_genotype, reference_names
 
-REFERENCES = ["bifpn", "fpn", "nasfpn", "panet"]
+REFERENCES = ["augfpn", "bifpn", "fpn", "nasfpn", "panet"]
 
 # The seven blocks of the NAS-FPN cell as Google lists them, with the paper's rule for unused
 # features as data (unused: sum) instead of the explicit nodes of search_spaces/nasfpn.yaml.
@@ -189,10 +189,11 @@ def test_unused_sum_follows_list_order_and_never_cycles():
     assert len(live) == 4 and genotype.hash() == genotype.canonical().hash()
 
 
-def test_every_sample_of_the_wide_space_hashes():
+@pytest.mark.parametrize("space", ["wide", "wide_family"])
+def test_every_sample_of_the_wide_space_hashes(space):
     from nasfpn.space import load_space
 
-    wide = load_space("wide")
+    wide = load_space(space)
     for seed in range(300):
         genotype = wide.decode(wide.sample(seed))
         canonical = genotype.canonical()
@@ -206,3 +207,39 @@ def test_edge_laterals_have_no_shared_lateral_to_start_extras_from():
     data["extra"]["source"] = "lateral"
     with pytest.raises(GenotypeError, match="extra.source: 'lateral' needs a shared lateral"):
         Genotype.from_dict(data)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["nodes"][0].update(inputs=["C9"]),
+     "node n0: input 'C9' is not a feature the backbone gives (['C3', 'C4', 'C5'])"),
+    # P6 and P7 are made by the neck: there is no C6.
+    (lambda d: d["nodes"][0].update(inputs=["C6"]), "node n0: input 'C6' is not a feature the backbone gives"),
+    (lambda d: d["nodes"][0].update(op="rfa"), "node n0: op: op 'rfa' reads exactly one raw backbone feature"),
+    (lambda d: d["nodes"][0].update(inputs=["C5", "P5"], op="rfa"), "node n0: op: op 'rfa' reads exactly one raw"),
+    (lambda d: d["nodes"][3].update(inputs=["C5"], op="rfa"),
+     "node n3: op: op 'rfa' reads exactly one raw backbone feature at the node's level (one of ['C3', 'C4', 'C5']), "
+     "got inputs ['C5'] at level 3"),
+    (lambda d: d["outputs"].update({5: "C5"}), "outputs: level 5 names 'C5', a raw backbone feature"),
+    (lambda d: d["nodes"][1].update(inputs=["P4", "c5"]), "node n1: input 'c5' does not exist"),
+])
+def test_raw_inputs_are_validated_by_node_and_field(change, message):
+    data = fpn_dict()
+    change(data)
+    with pytest.raises(GenotypeError) as err:
+        Genotype.from_dict(data)
+    assert message in str(err.value)
+
+
+def test_raw_inputs_are_backbone_levels_and_read_like_names():
+    data = fpn_dict()
+    data["nodes"][0].update(inputs=["C5"], op="rfa")                       # n0: RFA(C5) at level 5
+    data["nodes"][1].update(inputs=["P4", "n0", "C3"], combine="weighted", op="sac")
+    genotype = Genotype.from_dict(data)
+    assert genotype.raw_inputs == ("C3", "C4", "C5") and genotype.level_of("C3") == 3
+    assert "C5" not in genotype.cell_inputs
+    # With P6/P7 made from the lateral the cell has five levels, and still three raw inputs.
+    nasfpn_raw = load_genotype("nasfpn")
+    assert nasfpn_raw.raw_inputs == ("C3", "C4", "C5") and len(nasfpn_raw.cell_inputs) == 5
+    # The unused rule never sums a raw input into an output: C4 is unread, and stays out.
+    summed = genotype.replace(unused="sum").spelled_out()
+    assert not any("C4" in node.inputs for node in summed.nodes)

@@ -69,7 +69,7 @@ def test_bifpn_d0_parameter_count_matches_effdet():
     assert ours == reference
 
 
-@pytest.mark.parametrize("name", ["fpn", "panet", "bifpn", "nasfpn"])
+@pytest.mark.parametrize("name", ["fpn", "panet", "bifpn", "nasfpn", "augfpn"])
 def test_reference_forward_resnet50_shapes(name):
     genotype = load_genotype(name)
     neck = build_neck(genotype, RESNET50)
@@ -169,14 +169,15 @@ def test_global_attention_takes_the_coarser_input_as_hi():
     assert neck.cells[0].n0.order == (1, 0)
 
 
-def test_samples_of_the_wide_space_build_and_export_identically(tmp_path):
+@pytest.mark.parametrize("space, seeds", [("wide", 25), ("wide_family", 12)])
+def test_samples_of_the_wide_space_build_and_export_identically(space, seeds, tmp_path):
     from nasfpn.export import export_neck, load_exported
     from nasfpn.space import load_space
 
-    wide = load_space("wide")
+    wide = load_space(space)
     channels = {3: 8, 4: 16, 5: 32}
     x = example_inputs(channels, 128)
-    for seed in range(25):
+    for seed in range(seeds):
         genotype = wide.decode(wide.sample(seed)).replace(width=8, repeats=2)
         built = build_neck(genotype, channels).eval()
         export_neck(genotype, channels, tmp_path / f"neck{seed}.py")
@@ -193,3 +194,73 @@ def test_state_dict_names_are_those_before_the_refactor(name):
     neck = build_neck(genotype.replace(repeats=min(genotype.repeats, 2)), {3: 8, 4: 16, 5: 32}, width=8)
     names = [[key, list(value.shape)] for key, value in neck.state_dict().items()]
     assert hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16] == STATE_DICT_DIGESTS[name], names
+
+
+def test_raw_inputs_are_read_in_every_cell_through_their_own_adapters():
+    from test_canonical import family
+    genotype = family("raw inputs, rfa and sac")
+    channels = {3: 8, 4: 16, 5: 32}
+    neck = build_neck(genotype, channels, width=8)
+    assert neck.raw_levels == [3, 4, 5]
+    for k in range(2):  # both repeats read the same backbone features
+        cell = neck.cells[k]
+        assert cell.input_names == ("P3", "P4", "P5", "C3", "C4", "C5")
+        assert isinstance(cell.n0.op, nasfpn.ops.RFA) and cell.n0.op.branches[0].in_channels == 32
+        assert cell.n0.adapters == [None]                       # RFA takes C5 at its 32 channels
+        assert cell.n1.adapters == [None, None] and isinstance(cell.n1.op, nasfpn.ops.SACBN)
+        assert cell.n2.adapters == [None, None, "lat2"]         # C4 (16 channels) through a 1x1 conv + BN
+        assert cell.n3.adapters == [None, None, None]           # C3 has the width already
+    names = set(neck.state_dict())
+    assert {"cells.1.n0.op.branches.2.weight", "cells.1.n2.lat2.conv.weight", "cells.1.n1.op.conv.weight_diff",
+            "cells.0.n2.fuse.weight"} <= names
+    x = example_inputs(channels, 128, batch=2)
+    out = neck(x)
+    assert [tuple(t.shape) for t in out.values()] == [(2, 8, 128 >> lv, 128 >> lv) for lv in range(3, 8)]
+    sum(t.sum() for t in out.values()).backward()
+    assert neck.cells[1].n0.op.branches[0].weight.grad is not None
+    assert neck.cells[1].n2.lat2.conv.weight.grad is not None
+
+
+def test_rfa_reading_an_input_of_the_width_needs_no_adapter():
+    data = load_genotype("fpn").to_dict()
+    data["nodes"][0].update(inputs=["C5"], op="rfa")
+    neck = build_neck(nasfpn.Genotype.from_dict(data), {3: 8, 4: 8, 5: 8}, width=8)
+    assert count_params(neck.cells[0].n0.op) == count_params(nasfpn.ops.RFA(8, 8)) and "lat0" not in neck.cells[0].n0.calls
+
+
+def test_augfpn_parameter_count_on_resnet50():
+    # By hand from AugFPN's HighFPNRetinanet (width 256, ResNet-50 C3-C5 = 512/1024/2048):
+    # laterals (512 + 1024 + 2048) * 256 + 3 * 256 = 918,272; three 3x3 output convs
+    # 3 * 590,080 = 1,770,240; P6 by a 3x3 stride-2 conv of C5 4,718,848; P7 590,080; RFA 1,777,411.
+    neck = build_neck(load_genotype("augfpn"), RESNET50)
+    assert count_params(neck.cells[0].n0.op) == 1_777_411
+    assert count_params(neck) == 918_272 + 1_770_240 + 4_718_848 + 590_080 + 1_777_411 == 9_774_851
+
+
+@pytest.mark.parametrize("channels", [{3: 40, 4: 112, 5: 320}, RESNET50], ids=["lite0", "resnet"])
+def test_augfpn_builds_runs_and_learns(channels):
+    """RFA reads the raw C5 and its sum with the top lateral feeds the P5 output and the top-down
+    path; a training step of the proxy detector moves RFA's weights."""
+    from nasfpn.detector import ProxyDetector
+
+    torch.manual_seed(0)
+    genotype = load_genotype("augfpn")
+    neck = build_neck(genotype, channels, width=16)
+    cell = neck.cells[0]
+    assert cell.input_names[-1] == "C5" and cell.n0.op.branches[0].in_channels == channels[5]
+    assert [name for name, sources, _ in cell.plan if "n1" in sources] == ["n2", "n3"]
+    x = example_inputs(channels, 128, batch=2)
+    out = neck(x)
+    assert [tuple(t.shape) for t in out.values()] == [(2, 16, 128 >> lv, 128 >> lv) for lv in range(3, 8)]
+    sum(t.square().mean() for t in out.values()).backward()
+    assert all(p.grad is not None for p in cell.n0.op.parameters())
+
+    model = ProxyDetector(genotype, channels, num_classes=3, image_size=128, width=16, head_depth=1)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = model.neck.cells[0].n0.op.fusion[0].weight.detach().clone()
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 70.0]]), "labels": torch.tensor([1])}] * 2
+    losses = model(targets=targets, features=x)
+    sum(losses.values()).backward()
+    optimiser.step()
+    assert torch.isfinite(sum(losses.values()))
+    assert not torch.equal(before, model.neck.cells[0].n0.op.fusion[0].weight)

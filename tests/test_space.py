@@ -11,7 +11,7 @@ REFERENCES = ["fpn", "panet", "bifpn", "nasfpn"]
 
 
 def test_shipped_spaces():
-    assert space_names() == ["nasfpn", "wide"]
+    assert space_names() == ["nasfpn", "wide", "wide_family"]
     paper = load_space("nasfpn")
     assert (paper.min_nodes, paper.max_nodes, paper.inputs, paper.outputs) == (7, 7, (2,), "last")
     assert paper.combines == ("sum", "global_attention")
@@ -57,7 +57,7 @@ def test_paper_space_reorders_outputs_last():
     assert paper.encode(reordered) == paper.encode(in_order)
 
 
-@pytest.mark.parametrize("name", ["nasfpn", "wide"])
+@pytest.mark.parametrize("name", ["nasfpn", "wide", "wide_family"])
 def test_random_decodes_validate_and_round_trip(name):
     space = load_space(name)
     rng = random.Random(0)
@@ -71,7 +71,7 @@ def test_random_decodes_validate_and_round_trip(name):
         assert space.contains(genotype)
 
 
-@pytest.mark.parametrize("name", ["nasfpn", "wide"])
+@pytest.mark.parametrize("name", ["nasfpn", "wide", "wide_family"])
 def test_mutate_changes_one_choice_and_stays_valid(name):
     space = load_space(name)
     rng = random.Random(1)
@@ -162,3 +162,69 @@ def test_space_in_python():
         assert space.encode(space.decode(space.sample(seed))) == space.sample(seed)
     with pytest.raises(SpaceError, match="choose.extra: option"):
         space_from_dict({"cell": {"levels": [3, 4, 5, 6]}, "choose": {"extra": [{"source": "backbone", "ops": ["pool"]}]}})
+
+
+def test_existing_spaces_keep_their_encoding():
+    """Raw inputs are a separate space: the decision sizes of the shipped spaces, which a saved
+    controller checks on resume, are those before raw inputs existed."""
+    import hashlib
+
+    for name, count, digest in (("wide", 81, "be86a32cfb4006bf"), ("nasfpn", 28, "f02f41baf62e4eae")):
+        sizes = load_space(name).decision_sizes
+        assert (len(sizes), hashlib.sha256(str(sizes).encode()).hexdigest()[:16]) == (count, digest), name
+    wide, family = load_space("wide"), load_space("wide_family")
+    assert wide.raw_inputs == () and family.raw_inputs == (3, 4, 5)
+    assert len(family.decision_sizes) == len(wide.decision_sizes)
+    assert wide.contains(load_genotype("fpn")) and not wide.contains(load_genotype("augfpn"))
+
+
+@pytest.mark.parametrize("name", REFERENCES + ["augfpn"])
+def test_wide_family_space_contains_every_reference(name):
+    family = load_space("wide_family")
+    genotype = load_genotype(name)
+    assert family.contains(genotype)
+    decoded = family.decode(family.encode(genotype))
+    assert decoded.hash() == genotype.replace(repeats=family.template.repeats, width=family.template.width).hash()
+
+
+def test_raw_inputs_in_a_space_and_the_op_that_reads_one():
+    space = SearchSpace(cell={"levels": [3, 4, 5], "width": 8}, nodes=2, inputs=[1, 2], combines=["sum"],
+                        ops=["none", "rfa"], raw_inputs=[5])
+    # Input picks: P3, P4, P5, then C5, then the nodes; output picks are P3..P5 and the nodes.
+    assert [space.input_name(p) for p in range(5)] == ["P3", "P4", "P5", "C5", "n0"]
+    assert space.decision_kinds[:5] == ("num_inputs", "input", "input", "level", "op")
+    assert space.decision_sizes[1] == 5 and space.decision_sizes[-1] == 5   # input: 3 + 1 + 1; output: 3 + 2
+    assert space.valid_choices([0]) == [0, 1, 2, 3]                         # n0 may read C5
+    assert space.valid_choices([0, 3, 0, 2]) == [0, 1]                      # C5 at level 5: none or rfa
+    assert space.valid_choices([0, 3, 0, 1]) == [0]                         # C5 at level 4: not rfa
+    assert space.valid_choices([0, 2, 0, 2]) == [0]                         # P5: not rfa
+    genotype = space.decode([0, 3, 0, 2, 1] + [1, 2, 4, 2, 0] + [0, 1, 4])
+    assert genotype.nodes[0] == Node(("C5",), 5, "sum", "rfa") and genotype.nodes[1].inputs == ("P5", "n0")
+    assert genotype.outputs == ("P3", "P4", "n1") and space.encode(genotype) == [0, 3, 0, 2, 1, 1, 2, 4, 2, 0, 0, 1, 4]
+    rfa_seen = {space.decode(space.sample(seed)).nodes[0].op for seed in range(60)}
+    assert rfa_seen == {"none", "rfa"}
+    # A raw input the space does not offer, and a space that offers no raw input at all.
+    reads_c4 = genotype.replace(nodes=(Node(("C4",), 4), genotype.nodes[1])).validate()
+    with pytest.raises(SpaceError, match="input 'C4' is not among the space's inputs"):
+        space.encode(reads_c4)
+    fpn = load_genotype("fpn")
+    fpn_reading_c5 = fpn.replace(nodes=(Node(("P5", "C5"), 5, "sum", "conv3x3"),) + fpn.nodes[1:]).validate()
+    assert load_space("wide").contains(fpn) and load_space("wide_family").contains(fpn_reading_c5)
+    with pytest.raises(SpaceError, match="input 'C5' is not among the space's inputs"):
+        load_space("wide").encode(fpn_reading_c5)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"raw_inputs": [6]}, "raw_inputs: must list distinct backbone levels of [3, 4, 5]"),
+    ({"raw_inputs": [5, 5]}, "raw_inputs: must list distinct backbone levels"),
+    ({"raw_inputs": 5}, "raw_inputs: must list distinct backbone levels"),
+    ({"ops": ["none", "rfa"]}, "ops: ['rfa'] read one raw backbone feature: the space needs raw_inputs"),
+    ({"ops": ["rfa"], "raw_inputs": [5]}, "and another op"),
+    ({"ops": ["none", "rfa"], "raw_inputs": [5], "inputs": [2]}, "1 among inputs"),
+])
+def test_raw_input_space_errors(change, message):
+    data = {"cell": {"levels": [3, 4, 5, 6, 7], "extra": {"source": "backbone", "ops": ["conv", "conv"]}},
+            "nodes": 5, "inputs": [1, 2], "combines": ["sum"], "ops": ["none"], **change}
+    with pytest.raises(SpaceError) as err:
+        space_from_dict(data)
+    assert message in str(err.value)

@@ -20,6 +20,7 @@ def every_call() -> dict[str, Layer]:
     """One call of every record that makes a layer, with small channel counts."""
     calls = {f"op {name} ({activation})": op.layer(8, activation)
              for name, op in OPS.items() if op.layer is not None for activation in ("relu", "swish")}
+    calls |= {f"op {name} (on a backbone feature)": op.backbone_layer(16, 8) for name, op in OPS.items() if op.reads_backbone}
     calls |= {f"combine {name}": c.layer(3) for name, c in COMBINES.items() if c.layer is not None}
     calls |= {f"lateral {name}": lat.layer(16, 8) for name, lat in LATERALS.items() if lat.layer is not None}
     calls |= {f"extra {name}": e.layer(8 if e.keeps_channels else 16, 8) for name, e in EXTRA_OPS.items()}
@@ -52,6 +53,17 @@ def test_the_tables_hold_together():
     assert MAX_INPUTS == 3
     with pytest.raises(ValueError, match="input_order"):
         Combine("odd", "odd", arity=(2,), input_order="sideways")
+    with pytest.raises(ValueError, match="the width or a backbone feature, not both"):
+        Op("odd", "odd", lambda width, activation: layer("SACBN", width),
+           backbone_layer=lambda channels, width: layer("RFA", channels, width))
+
+
+def test_an_op_on_a_backbone_feature_reads_one_at_its_level():
+    rfa, sac, raw = OPS["rfa"], OPS["sac"], {"C3": 3, "C4": 4, "C5": 5}
+    assert rfa.reads_backbone and rfa.layer is None and not sac.reads_backbone
+    assert rfa.input_problem(["C5"], raw, 5) == "" and sac.input_problem(["P5", "C4"], raw, 5) == ""
+    for inputs, level in ((["C5"], 4), (["P5"], 5), (["C5", "C4"], 5), (["n0"], 5)):
+        assert "reads exactly one raw backbone feature" in rfa.input_problem(inputs, raw, level)
 
 
 def test_input_order():
