@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="proxy seed: initialisation and data order (the backbone warm-up "
                    "has its own, backbone.warmup_seed)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    detector_args(p)
     aux_arg(p)
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.set_defaults(run=_train)
@@ -99,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="trial budget before the confirmation, baselines included (default 12)")
     p.add_argument("--concurrent", type=int, help="trials at once (default 2)")
     p.add_argument("--steps", type=int, help="proxy training steps per trial (default 600)")
+    detector_args(p)
     aux_arg(p)
     p.add_argument("--no-asha", action="store_true", help="no early stopping")
     p.add_argument("--top", type=int, help="searched cells to confirm over seeds (default 1)")
@@ -151,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=512)
     p.set_defaults(run=_sample)
     return parser
+
+
+def detector_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detector", metavar="NAME", help="the proxy detector the neck is trained in: retinanet, fcos "
+                   "or faster_rcnn (default retinanet)")
+    p.add_argument("--roi-extractor", metavar="NAME", help="Faster R-CNN's RoI features: level (torchvision's "
+                   "MultiScaleRoIAlign, default) or soft (AugFPN's soft RoI selection)")
 
 
 def aux_arg(p: argparse.ArgumentParser) -> None:
@@ -256,6 +265,7 @@ def _train(args: argparse.Namespace) -> None:
     import dataclasses
 
     from .search.config import load_search_config, merge_flags, search_config
+    from .search.driver import detector_text
     from .task import prepare_task
     from .train import train_proxy
 
@@ -275,6 +285,7 @@ def _train(args: argparse.Namespace) -> None:
           f"{'frozen, features cached' if task.train_cache else 'frozen' if backbone.freeze else 'trained'}")
     print(f"data      {len(task.train)} train / {len(task.val)} val images, {task.num_classes} classes, "
           f"{proxy.image_size} px; {result['steps']} steps of {proxy.batch_size}")
+    print(f"detector  {detector_text(proxy)}")
     if proxy.aux_loss:
         print(f"aux loss  {proxy.aux_loss:g} x the detection loss on the neck's laterals (training only)")
     if result["status"] != "ok":

@@ -2,8 +2,8 @@
 
 Where the backbone has no pretrained weights (neither a ``weights`` file nor packaged ImageNet
 weights such as ``efficientnet_lite0_imagenet``'s), a short warm-up trains it once inside the
-FPN-baseline proxy on the training split; the warm-up is cached by everything it depends on, and
-its file is named in every result.
+FPN-baseline RetinaNet proxy (whatever the search's detector) on the training split; the warm-up
+is cached by everything it depends on, and its file is named in every result.
 """
 from __future__ import annotations
 
@@ -200,11 +200,12 @@ def _warmup_plan(train, backbone: BackboneConfig, proxy: ProxyConfig, root: Path
     config = dataclasses.replace(proxy, steps=backbone.warmup_steps, lr=backbone.warmup_lr, eval_every=0,
                                  seed=backbone.warmup_seed,
                                  max_loss=ProxyConfig.max_loss, head_depth=WARMUP_HEAD_DEPTH, report_every=1,
-                                 threads=None, aux_loss=0.0)
+                                 threads=None, aux_loss=0.0, detector="retinanet", roi_extractor="level")
     # Not in the key: what does not change the trained backbone (progress reports, threads; the
-    # repeat cap, since the warm-up's FPN is a single cell; the auxiliary loss, never used in a
-    # warm-up: a search with it and one without rank necks on one backbone's features).
-    ignored = ("report_every", "eval_every", "threads", "max_repeats", "aux_loss")
+    # repeat cap, since the warm-up's FPN is a single cell; the auxiliary loss and the detector,
+    # never used in a warm-up: it always trains inside the RetinaNet proxy, so that searches for
+    # every detector, with consistent supervision or without, rank necks on one backbone's features).
+    ignored = ("report_every", "eval_every", "threads", "max_repeats", "aux_loss", "detector", "roi_extractor")
     recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
     key = {"dataset": dataset_fingerprint(train), "backbone": backbone.name, "return_nodes": backbone.return_nodes,
            "recipe": recipe, "precision": precision_name(config.amp, proxy_device()),

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import torch
 
 from .cache import FeatureCache
-from .detector import ProxyDetector
+from .detectors import build_detector, detector_problem
 from .evaluate import METRICS, evaluate
 from .genotype import Genotype
 from .profile import count_macs, count_params
@@ -44,6 +44,13 @@ class ProxyConfig:
     # it, in about half the time.
     # NAS-FPN's own search proxy (10 COCO epochs on TPUs) stacked 3. None: every neck's own repeats.
     max_repeats: Optional[int] = 1
+    # The detector the neck is searched for: ``retinanet``, ``fcos`` or ``faster_rcnn`` (see
+    # nasfpn.detectors), built from torchvision's own parts at the proxy's sizes. The head depth
+    # is each dense head's (RetinaNet's and FCOS's subnets, the RPN head); FCOS ignores the
+    # anchor scale (its points are stride-sized); ``roi_extractor`` is Faster R-CNN's: ``level``
+    # (torchvision's MultiScaleRoIAlign) or ``soft`` (AugFPN's soft RoI selection).
+    detector: str = "retinanet"
+    roi_extractor: str = "level"
     head_depth: int = 1
     anchor_scale: float = 2.0
     # AugFPN's consistent supervision: the detection loss also on the neck's laterals before
@@ -77,6 +84,9 @@ class ProxyConfig:
             raise ValueError(f"proxy.image_size: must be a multiple of 128 (P7's stride), got {self.image_size}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"proxy.optimizer: 'adamw' or 'sgd', got {self.optimizer!r}")
+        problem = detector_problem(self.detector, self.roi_extractor)
+        if problem:
+            raise ValueError(f"proxy.{problem}")
         if not 0 <= self.head_depth <= 4:
             raise ValueError(f"proxy.head_depth: 0..4, got {self.head_depth!r}")
         if isinstance(self.aux_loss, bool) or not isinstance(self.aux_loss, (int, float)) \
@@ -148,7 +158,8 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
         ``status`` ("ok" or "failed"), ``error``, the AP metrics, ``params``/``macs`` of the neck
         as the proxy builds it (proxy width, ``proxy_repeats`` repeats),
         ``steps`` done, ``train_seconds``, ``eval_seconds``, ``seconds``, ``final_loss`` (the
-        total: with ``config.aux_loss`` the weighted auxiliary loss too).
+        total: with ``config.aux_loss`` the weighted auxiliary loss too), ``precision`` and
+        ``detector`` (``config.detector``).
     """
     start = time.perf_counter()
     if config.threads:
@@ -157,10 +168,10 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
     device = proxy_device()
     cached = task.train_cache is not None
     genotype = proxy_genotype(genotype, config)
-    model = ProxyDetector(genotype, task.channels, task.num_classes, config.image_size,
-                          backbone=None if cached else task.backbone, width=config.width,
-                          head_depth=config.head_depth, anchor_scale=config.anchor_scale,
-                          aux_loss=config.aux_loss)
+    model = build_detector(config.detector, genotype, task.channels, task.num_classes, config.image_size,
+                           backbone=None if cached else task.backbone, width=config.width,
+                           head_depth=config.head_depth, anchor_scale=config.anchor_scale,
+                           aux_loss=config.aux_loss, roi_extractor=config.roi_extractor)
     # Channels-last: mkldnn's convolutions skip a layout conversion per call. Measured on the
     # 2-core AMD EPYC, one thread, Lite0 features: a float32 step 10% faster for FPN (176 ->
     # 158 ms) and 20% for NAS-FPN's cell (520 -> 413 ms); the same arithmetic.
@@ -177,7 +188,7 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
     order = torch.Generator().manual_seed(config.seed)
     permutation: List[int] = []
     result: Dict[str, Any] = {"status": "ok", "error": None, **neck_cost, "steps": 0, "proxy_repeats": genotype.repeats,
-                              "precision": precision_name(config.amp, device)}
+                              "precision": precision_name(config.amp, device), "detector": config.detector}
     loss_value = math.nan
     model.train()
     for step in range(1, config.steps + 1):
@@ -254,13 +265,13 @@ def precision_name(amp: bool, device: torch.device) -> str:
 
 def proxy_genotype(genotype: Genotype, config: ProxyConfig) -> Genotype:
     """The neck the proxy trains: ``genotype`` with its repeats capped at ``config.max_repeats``
-    (the width is the proxy's too; see :class:`ProxyDetector`)."""
+    (the width is the proxy's too; see :class:`nasfpn.detector.ProxyDetector`)."""
     if config.max_repeats is None or genotype.repeats <= config.max_repeats:
         return genotype
     return dataclasses.replace(genotype, repeats=config.max_repeats)
 
 
-def _evaluate(model: ProxyDetector, task: ProxyTask, device: torch.device) -> Dict[str, float]:
+def _evaluate(model: torch.nn.Module, task: ProxyTask, device: torch.device) -> Dict[str, float]:
     model.eval()
 
     def detect(indices: List[int]):
@@ -271,7 +282,7 @@ def _evaluate(model: ProxyDetector, task: ProxyTask, device: torch.device) -> Di
     return evaluate(detect, task.val)
 
 
-def _neck_cost(model: ProxyDetector, channels: Mapping[int, int], image_size: int) -> Dict[str, int]:
+def _neck_cost(model: torch.nn.Module, channels: Mapping[int, int], image_size: int) -> Dict[str, int]:
     neck = model.neck
     device = next(neck.parameters()).device
     was_training = neck.training

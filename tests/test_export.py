@@ -124,27 +124,29 @@ def test_onnx_export(tmp_path):
         torch.testing.assert_close(torch.from_numpy(have), want, rtol=1e-4, atol=1e-4)
 
 
-def test_exported_neck_drops_into_torchvision_retinanet(tmp_path):
-    """What the README's walkthrough does with a search's best_neck.py."""
-    from torchvision.models import resnet18
-    from torchvision.models.detection import RetinaNet
-    from torchvision.models.feature_extraction import create_feature_extractor
+class BackboneWithNeck(torch.nn.Module):
+    """A ResNet-18's C3..C5 through a neck: the backbone torchvision's detectors take."""
 
-    genotype = load_genotype("nasfpn").replace(repeats=1, width=16)
+    def __init__(self, neck):
+        from torchvision.models import resnet18
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        super().__init__()
+        self.body = create_feature_extractor(resnet18(), {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
+        self.neck = neck
+        self.out_channels = neck.out_channels
+
+    def forward(self, x):
+        return self.neck(self.body(x))
+
+
+def exported_nasfpn(tmp_path, width=16):
+    genotype = load_genotype("nasfpn").replace(repeats=1, width=width)
     export_neck(genotype, {3: 128, 4: 256, 5: 512}, tmp_path / "best_neck.py")
-    neck = load_exported(tmp_path / "best_neck.py")
+    return load_exported(tmp_path / "best_neck.py")
 
-    class BackboneWithNeck(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = create_feature_extractor(resnet18(), {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
-            self.neck = neck
-            self.out_channels = neck.out_channels
 
-        def forward(self, x):
-            return self.neck(self.body(x))
-
-    model = RetinaNet(BackboneWithNeck(), num_classes=3, min_size=128, max_size=128)
+def _train_and_detect(model, neck):
     images = [torch.rand(3, 128, 128), torch.rand(3, 96, 128)]
     targets = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 70.0]]), "labels": torch.tensor([1])}] * 2
     losses = model(images, targets)
@@ -180,7 +182,6 @@ def test_raw_inputs_rfa_and_sac_export_as_source(tmp_path):
     assert all(torch.equal(want[k], v) for k, v in scripted(x).items())
 
 
-
 @pytest.mark.xfail(strict=True, reason="ONNX has no adaptive pooling: torch's exporter turns RFA's "
                    "adaptive_avg_pool2d into a global pool only when the output is 1x1; with the spatial axes "
                    "dynamic the input size is not known and the export fails ('input size not accessible') as "
@@ -212,3 +213,33 @@ def test_sac_onnx_export(tmp_path):
     x = example_inputs(SMALL, 192)  # another size than traced
     for want, have in zip(neck(x).values(), session.run(None, {k: v.numpy() for k, v in x.items()})):
         torch.testing.assert_close(torch.from_numpy(have), want, rtol=1e-4, atol=1e-4)
+
+
+def test_exported_neck_drops_into_torchvision_retinanet(tmp_path):
+    """What the README's walkthrough does with a search's best_neck.py."""
+    from torchvision.models.detection import RetinaNet
+
+    neck = exported_nasfpn(tmp_path)
+    _train_and_detect(RetinaNet(BackboneWithNeck(neck), num_classes=3, min_size=128, max_size=128), neck)
+
+
+def test_exported_neck_drops_into_torchvision_fcos(tmp_path):
+    """FCOS's default points are the strides of P3..P7, the neck's outputs; its head's GroupNorm
+    has 32 groups, so the width is a multiple of 32."""
+    from torchvision.models.detection import FCOS
+
+    neck = exported_nasfpn(tmp_path, width=32)
+    _train_and_detect(FCOS(BackboneWithNeck(neck), num_classes=3, min_size=128, max_size=128), neck)
+
+
+def test_exported_neck_drops_into_torchvision_faster_rcnn(tmp_path):
+    """The RPN on every level (P3..P7: one anchor size a level), RoIs pooled from P3..P5."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    neck = exported_nasfpn(tmp_path)
+    anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+    model = FasterRCNN(BackboneWithNeck(neck), num_classes=4, min_size=128, max_size=128,  # 3 + the background
+                       rpn_anchor_generator=anchors, box_roi_pool=MultiScaleRoIAlign(["p3", "p4", "p5"], 7, 2))
+    _train_and_detect(model, neck)

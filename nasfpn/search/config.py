@@ -203,7 +203,7 @@ FLAG_KEYS = {
     "return_nodes": ("backbone", "return_nodes"), "warmup_steps": ("backbone", "warmup_steps"),
     "steps": ("proxy", "steps"), "batch_size": ("proxy", "batch_size"), "image_size": ("proxy", "image_size"),
     "width": ("proxy", "width"), "seed": ("proxy", "seed"), "threads": ("proxy", "threads"),
-    "aux_loss": ("proxy", "aux_loss"),
+    "aux_loss": ("proxy", "aux_loss"), "detector": ("proxy", "detector"), "roi_extractor": ("proxy", "roi_extractor"),
     "trials": ("search", "trials"), "concurrent": ("search", "concurrent"),
     "address": ("ray", "address"), "cache_dir": ("data", "cache_dir"),
     "top": ("confirm", "top_k"), "confirm_seeds": ("confirm", "seeds"), "confirm_steps": ("confirm", "steps"),

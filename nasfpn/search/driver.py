@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from ..detectors import TWO_STAGE
 from ..fsio import atomic_torch_save, atomic_write_text, read_json, read_yaml
 from ..genotype import load_genotype
 from ..space import load_space
@@ -98,6 +99,8 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
         atomic_write_text(out / "config.yaml", _yaml(config))
     proxy = config.proxy
     ledger = Ledger(out / "ledger.jsonl", default_seed=proxy.seed)
+    if not fresh:
+        check_same_detector(out, proxy, ledger)
     budget = config.search.trials
     searched = sum(r.candidate.stage != "confirm" for r in ledger)
     if confirm_only and searched < budget:
@@ -305,7 +308,7 @@ def _experiment(out: Path, config: SearchConfig, task, recipe: str, confirm_reci
             "channels": {str(k): v for k, v in task.channels.items()}, "width": proxy.width,
             "image_size": proxy.image_size, "backbone": config.backbone.name,
             "backbone_weights": task.backbone_weights, "space": config.space, "controller": _controller_name(config),
-            "recipe": recipe_text(proxy, config),
+            "recipe": recipe_text(proxy, config), "detector": proxy.detector, "roi_extractor": proxy.roi_extractor,
             "confirm": {"recipe": recipe, "enabled": config.confirm.enabled, "top_k": config.confirm.top_k,
                         "seeds": config.confirm.seeds, "text": recipe_text(confirm_recipe, config)},
             "train_images": len(task.train), "val_images": len(task.val),
@@ -317,10 +320,43 @@ def _experiment(out: Path, config: SearchConfig, task, recipe: str, confirm_reci
 def recipe_text(proxy: ProxyConfig, config: SearchConfig) -> str:
     repeats = "full repeats" if proxy.max_repeats is None else \
         "one cell of each neck" if proxy.max_repeats == 1 else f"at most {proxy.max_repeats} repeats"
-    return (f"{proxy.steps} steps of batch {proxy.batch_size} at {proxy.image_size} px, width {proxy.width}, "
-            f"{proxy.optimizer} lr {proxy.lr}, {precision_name(proxy.amp, proxy_device())}, {repeats}, "
+    return (f"detector {detector_text(proxy)}, {proxy.steps} steps of batch {proxy.batch_size} at "
+            f"{proxy.image_size} px, width {proxy.width}, {proxy.optimizer} lr {proxy.lr}, "
+            f"{precision_name(proxy.amp, proxy_device())}, {repeats}, "
             f"{aux_text(proxy)}backbone {config.backbone.name} ({'frozen' if config.backbone.freeze else 'trained'})"
             f"{subset_text(config.data)}")
+
+
+def detector_text(proxy: ProxyConfig) -> str:
+    """The proxy detector, as the recipe line and ``nasfpn train`` name it: it changes every neck's AP."""
+    soft = proxy.detector in TWO_STAGE and proxy.roi_extractor == "soft"
+    return f"{proxy.detector}{' (soft RoI selection)' if soft else ''}"
+
+
+def check_same_detector(out: Path, proxy: ProxyConfig, ledger: Ledger) -> None:
+    """Refuse to go on with another detector (or RoI extractor) than the one the search in ``out``
+    was trained with: its ledger's results would be ranked beside results of another detector.
+    ``experiment.json`` names it (folders made before it did were searched with RetinaNet), and
+    so does each trial that finished since.
+
+    Raises:
+        ValueError: naming ``proxy.detector`` or ``proxy.roi_extractor``, both values and the folder.
+    """
+    if not len(ledger):
+        return  # nothing trained yet
+    path = out / "experiment.json"
+    before = read_json(path) if path.is_file() else {}
+    used = {"detector": set(), "roi_extractor": set()}
+    if path.is_file():
+        used["detector"].add(before.get("detector", "retinanet"))
+        used["roi_extractor"].add(before.get("roi_extractor", "level"))
+    used["detector"].update(r.metrics["detector"] for r in ledger if "detector" in r.metrics)
+    for key, values in used.items():
+        others = sorted(values - {getattr(proxy, key)})
+        if others:
+            raise ValueError(f"{out}: its ledger was trained with proxy.{key} {', '.join(map(repr, others))}, "
+                             f"its config.yaml now says {getattr(proxy, key)!r}; a search keeps one detector "
+                             "(search another one in a new folder)")
 
 
 def aux_text(proxy: ProxyConfig) -> str:

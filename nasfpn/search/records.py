@@ -26,7 +26,7 @@ STATUSES = ("ok", "stopped", "failed")
 METRIC_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 # ``curve``: [[steps, AP], ...] at each evaluation along the way (what ASHA's rungs compared)
 RESULT_KEYS = METRIC_KEYS + ("params", "macs", "steps", "seconds", "train_seconds", "eval_seconds", "final_loss",
-                             "proxy_repeats", "precision", "curve")
+                             "proxy_repeats", "precision", "detector", "curve")
 
 Key = Tuple[str, int, str]
 
