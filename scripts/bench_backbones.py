@@ -13,16 +13,18 @@ to the first trained candidate.
 
     python scripts/bench_backbones.py [--seeds 2] [--out runs/backbones] [--json bench_backbones.json]
                                       [--backbones resnet18 efficientnet_lite0_imagenet] [--no-amp]
-                                      [--proxy '{width: 32}']
+                                      [--proxy '{width: 32}'] [--report-only]
+
+``--report-only`` prints and writes the figures of what ``--out`` holds, training nothing (nor
+preparing the task: its times are then unknown). The training and the analysis are
+``neck_bench.py``'s, shared with ``bench_proxy.py --detectors``.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,51 +32,36 @@ from typing import Dict
 
 import yaml
 
-from nasfpn import Genotype, load_genotype
 from nasfpn.fsio import atomic_write_text
-from nasfpn.search import stats
 from nasfpn.search.config import search_config
-from nasfpn.search.driver import Phase, SearchInterrupted, recipe_text, run_phases
+from nasfpn.search.driver import recipe_text
 from nasfpn.search.ledger import Ledger
-from nasfpn.search.records import Candidate
-from nasfpn.search.stages import Confirmation, Pipeline
 from nasfpn.task import prepare_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy import NECKS, WEAK  # noqa: E402  (the no-top-down neck, defined once)
+import neck_bench  # noqa: E402  (training and analysis shared with bench_proxy.py --detectors)
+from bench_proxy import chosen_necks  # noqa: E402  (the references and the no-top-down neck, defined once)
 
 BACKBONES = ("resnet18", "efficientnet_lite0_imagenet")
 RECIPE = "search"  # every run here is the search recipe; the ledger key needs a name for it
 
 
-def chosen_necks() -> Dict[str, Genotype]:
-    necks = {name: load_genotype(name) for name in NECKS}
-    necks["no-top-down"] = Genotype.from_dict(WEAK)
-    return necks
-
-
-def run_backbone(name: str, seeds: int, out: Path, amp: bool, proxy_settings: dict) -> dict:
+def run_backbone(name: str, seeds: int, out: Path, amp: bool, proxy_settings: dict, report_only: bool = False) -> dict:
     """Prepare the task (timed), train every neck x seed not yet in the ledger, and return the
-    backbone's figures."""
-    out.mkdir(parents=True, exist_ok=True)
+    backbone's figures; with ``report_only``, only the figures of what the ledger holds."""
     config = search_config({"backbone": {"name": name}, "proxy": {**proxy_settings, "amp": amp}})
     proxy = config.proxy
+    necks = chosen_necks()
+    names = neck_bench.neck_names(necks, proxy)
+    if report_only:
+        ledger = Ledger(out / "ledger.jsonl")
+        return analyse(ledger, names, recipe_text(proxy, config), None, None)
+    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     task = prepare_task(config.data, config.backbone, proxy)
     prepare_seconds = time.perf_counter() - start
     warmup = _warmup_record(task.backbone_weights)
-    necks = chosen_necks()
-    names = {Candidate.of(g, proxy, seed=0).trained_hash: n for n, g in necks.items()}
-    ledger = Ledger(out / "ledger.jsonl")
-    planned = [Candidate.of(g, proxy, seed=s, recipe=RECIPE, baseline=n, stage="confirm")
-               for s in range(seeds) for n, g in necks.items()]
-    pipeline = Pipeline([Confirmation(lambda led: planned, ledger)], ledger)
-    done = lambda: sum(ledger.find(c.key, full=True) is not None for c in planned)  # noqa: E731
-    specs = {RECIPE: {"task": task.spec, "proxy": {**dataclasses.asdict(proxy), "threads": None}}}
-    try:
-        run_phases(config, out, specs, [Phase(name, pipeline, lambda: len(planned), done)])
-    except SearchInterrupted:
-        print(f"interrupted: run this script again to continue in {out}")
+    ledger = neck_bench.train_necks(config, task, out, necks, seeds, RECIPE, name)
     return analyse(ledger, names, recipe_text(proxy, config), prepare_seconds, warmup)
 
 
@@ -86,49 +73,27 @@ def _warmup_record(weights: str) -> dict | None:
     return json.loads(sidecar.read_text()).get("result")
 
 
-def analyse(ledger: Ledger, names: Dict[str, str], recipe: str, prepare_seconds: float, warmup: dict | None) -> dict:
-    runs: Dict[str, Dict[int, object]] = {}
-    for record in ledger:
-        if record.status == "ok" and record.candidate.trained_hash in names:
-            runs.setdefault(names[record.candidate.trained_hash], {})[record.candidate.seed] = record
-    means = {n: statistics.mean(r.ap for r in seeds.values()) for n, seeds in runs.items()}
-    seed_std = stats.pooled_seed_std([[r.ap for r in seeds.values()] for seeds in runs.values()])
-    ranking = sorted(means, key=lambda n: -means[n])
-    first = min((r for seeds in runs.values() for r in seeds.values()), key=lambda r: r.trial, default=None)
-    return {
-        "recipe": recipe, "prepare_seconds": round(prepare_seconds, 1),
-        "warmup_seconds_when_made": (warmup or {}).get("seconds"),
-        "first_run_seconds": round(first.seconds, 1) if first else None,
-        "seconds_per_run": round(statistics.mean(r.seconds for s in runs.values() for r in s.values()), 1) if runs else None,
-        "necks": {n: {"mean": round(means[n], 4), "aps": [round(runs[n][s].ap, 4) for s in sorted(runs[n])],
-                      "rank": ranking.index(n) + 1} for n in ranking},
-        "seed_std": seed_std,
-        "spread_in_seed_stds": stats.spread_in_seed_stds(list(means.values()), seed_std) if means else None,
-        "weak_neck_last": bool(ranking) and ranking[-1] == "no-top-down",
-    }
+def analyse(ledger: Ledger, names: Dict[str, str], recipe: str, prepare_seconds: float | None,
+            warmup: dict | None) -> dict:
+    return {"recipe": recipe, "prepare_seconds": None if prepare_seconds is None else round(prepare_seconds, 1),
+            "warmup_seconds_when_made": (warmup or {}).get("seconds"), **neck_bench.analyse(ledger, names)}
 
 
 def show(results: Dict[str, dict]) -> None:
     names = list(chosen_necks())
-    print("\nAP of each neck (mean over seeds [per seed], rank), same search recipe:")
-    print(f"{'neck':14s}" + "".join(f"{b:>36s}" for b in results))
-    for neck in names:
-        cells = []
-        for r in results.values():
-            row = r["necks"].get(neck)
-            cells.append(f"{row['mean']:.3f} {row['aps']} #{row['rank']}" if row else "-")
-        print(f"{neck:14s}" + "".join(f"{c:>36s}" for c in cells))
+    neck_bench.print_table("AP of each neck (mean over seeds [per seed], rank), same search recipe:", results, names)
     for b, r in results.items():
         warm = r["warmup_seconds_when_made"]
+        prepared = "task not prepared (report only)" if r["prepare_seconds"] is None else \
+            f"task prepared in {r['prepare_seconds']:.0f} s"
         print(f"\n{b}: {r['recipe']}\n  seed std {r['seed_std']:.4f}; necks span {r['spread_in_seed_stds'] or 0:.1f} "
-              f"seed stds; weak neck last: {r['weak_neck_last']}; task prepared in {r['prepare_seconds']:.0f} s"
+              f"seed stds; weak neck last: {r['weak_neck_last']}; {prepared}"
               + (f" (warm-up cached; it took {warm:.0f} s when made)" if warm else "")
               + f"; first run {r['first_run_seconds']} s, {r['seconds_per_run']} s a run")
     if len(results) == 2:
         a, b = results.values()
-        common = [n for n in names if n in a["necks"] and n in b["necks"]]
-        tau = stats.kendall_tau([a["necks"][n]["mean"] for n in common], [b["necks"][n]["mean"] for n in common])
-        print(f"\nKendall tau between the two backbones' rankings of {len(common)} necks: {tau:+.2f}")
+        tau, n = neck_bench.kendall_between(a, b, names)
+        print(f"\nKendall tau between the two backbones' rankings of {n} necks: {tau:+.2f}")
 
 
 def main() -> None:
@@ -139,10 +104,12 @@ def main() -> None:
     parser.add_argument("--json", default="bench_backbones.json")
     parser.add_argument("--no-amp", action="store_true", help="float32 even where the CPU has bfloat16")
     parser.add_argument("--proxy", default="{}", help="proxy settings over the defaults, YAML: '{width: 32}'")
+    parser.add_argument("--report-only", action="store_true",
+                        help="the figures of what --out holds; prepare and train nothing (no preparation times)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     settings = yaml.safe_load(args.proxy) or {}
-    results = {b: run_backbone(b, args.seeds, (args.out / b).resolve(), not args.no_amp, settings)
+    results = {b: run_backbone(b, args.seeds, (args.out / b).resolve(), not args.no_amp, settings, args.report_only)
                for b in args.backbones}
     show(results)
     atomic_write_text(Path(args.json), json.dumps({"machine": platform.processor() or platform.machine(),

@@ -5,6 +5,26 @@ default CPU proxy recipe, on the built-in data and on the raccoon set when it is
     python scripts/bench_proxy.py [--seeds 2] [--steps N] [--speed-steps 20] [--skip-raccoon] [--json bench_proxy.json]
 
 Prints tables and writes every number to the JSON file.
+
+``--detectors`` measures instead whether the ranking of necks depends on the detector the neck
+is searched for: under each detector (``proxy.detector``; ``faster_rcnn:soft`` is Faster R-CNN
+with ``proxy.roi_extractor: soft``, AugFPN's soft RoI selection, as one more row) it trains the
+four reference necks and the no-top-down neck, ``--seeds`` seeds each, under the search's
+default recipe (default backbone, cached features; ``--proxy YAML`` and ``--steps`` override
+it for every detector alike), on the built-in data or ``../shared/data/bccd``. It runs through
+the search's own machinery as ``bench_backbones.py`` does (``neck_bench.py``): one ledger per
+data set and detector in ``--out/<data>/<detector>`` (``--out`` defaults to ``runs/detectors``),
+keyed by the recipe's name, which names the detector (``search`` for RetinaNet, ``confirm(detector=fcos)``);
+kill it and run it again to continue; ``--report-only`` analyses the folders, training nothing.
+Prints, and writes as JSON (default ``bench_detectors.json``): per detector each neck's AP per
+seed, mean and rank, the pooled seed std, the spread across necks in seed stds, the seconds per
+candidate (mean of the ledger's ``seconds``: training with cached features plus evaluation),
+whether the weak neck is last; and Kendall's tau between each pair of detectors' rankings (of
+the mean APs), with their mean.
+
+    python scripts/bench_proxy.py --detectors retinanet fcos faster_rcnn [faster_rcnn:soft]
+                                  [--data builtin|bccd] [--seeds 2] [--out runs/detectors]
+                                  [--proxy '{steps: 300}'] [--json bench_detectors.json] [--report-only]
 """
 from __future__ import annotations
 
@@ -40,6 +60,14 @@ WEAK = {"name": "no-top-down", "levels": [3, 4, 5, 6, 7], "lateral": "conv",
                   {"inputs": ["P5"], "level": 5, "op": "conv3x3"}],
         "outputs": {3: "n0", 4: "n1", 5: "n2"}}
 NECKS = ["fpn", "panet", "bifpn", "nasfpn"]
+DETECTORS = ("retinanet", "fcos", "faster_rcnn")
+
+
+def chosen_necks() -> dict:
+    """The four reference necks and the no-top-down one, by name, in that order."""
+    necks = {name: load_genotype(name) for name in NECKS}
+    necks["no-top-down"] = Genotype.from_dict(WEAK)
+    return necks
 
 
 def torchvision_retinanet(task: ProxyTask, config: ProxyConfig) -> RetinaNet:
@@ -113,8 +141,7 @@ def speed(task: ProxyTask, config: ProxyConfig, steps: int) -> dict:
 
 def rank(task: ProxyTask, config: ProxyConfig, seeds: int) -> list[dict]:
     rows = []
-    necks = [(name, load_genotype(name)) for name in NECKS] + [("no-top-down", Genotype.from_dict(WEAK))]
-    for name, genotype in necks:
+    for name, genotype in chosen_necks().items():
         runs = [train_proxy(genotype, task, dataclasses.replace(config, seed=s)) for s in range(seeds)]
         aps = [r["ap"] for r in runs]
         rows.append({"neck": name, "ap_mean": statistics.mean(aps), "ap_min": min(aps), "ap_max": max(aps),
@@ -138,6 +165,98 @@ def print_ranking(title: str, rows: list[dict], seeds: int) -> None:
               f"{r['seconds_mean']:6.0f}")
 
 
+def detector_settings(text: str) -> dict:
+    """``fcos`` -> ``{"detector": "fcos"}``; ``faster_rcnn:soft`` adds ``roi_extractor: soft``."""
+    detector, _, extractor = text.partition(":")
+    return {"detector": detector, **({"roi_extractor": extractor} if extractor else {})}
+
+
+def detectors_benchmark(args) -> None:
+    """``--detectors``: the five necks under each detector, through the search's machinery."""
+    import yaml
+
+    import neck_bench
+    from bench_fidelity import data_section
+    from nasfpn.fsio import atomic_write_text
+    from nasfpn.search.config import search_config
+    from nasfpn.search.confirm import recipe_name
+    from nasfpn.search.driver import recipe_text
+    from nasfpn.search.ledger import Ledger
+
+    # One folder per data set: the ledger keys (neck, seed, recipe) do not name the data.
+    out = (args.out or Path("runs") / "detectors").resolve() / args.data
+    overrides = yaml.safe_load(args.proxy) or {}
+    if not isinstance(overrides, dict):
+        raise SystemExit(f"--proxy: a YAML mapping of proxy fields, got {args.proxy!r}")
+    if args.steps:
+        overrides["steps"] = args.steps
+    if len(set(args.detectors)) < len(args.detectors):
+        raise SystemExit(f"--detectors: each once, got {args.detectors}")
+    if not args.report_only:
+        out.mkdir(parents=True, exist_ok=True)
+    # The annotations of bccd converted once into --out; a report needs no data (nothing is trained).
+    data = {} if args.report_only else data_section(args.data, out)
+    if args.cache_dir:
+        data["cache_dir"] = str(args.cache_dir)
+    necks = chosen_necks()
+    base = search_config({"data": data, "proxy": overrides}).proxy
+    results: dict = {}
+    for label in args.detectors:
+        try:
+            config = search_config({"data": data, "proxy": {**overrides, **detector_settings(label)}})
+        except ValueError as err:
+            raise SystemExit(f"--detectors {label}: {err}") from None
+        proxy = config.proxy
+        recipe = recipe_name(proxy, base)  # the ledger key: names the detector (RetinaNet's is "search")
+        folder = out / label.replace(":", "-")
+        names = neck_bench.neck_names(necks, proxy)
+        prepare_seconds = None
+        if args.report_only:
+            ledger = Ledger(folder / "ledger.jsonl")
+        else:
+            start = time.perf_counter()
+            task = prepare_task(config.data, config.backbone, proxy, cache_root=config.data.cache_dir)
+            prepare_seconds = round(time.perf_counter() - start, 1)
+            ledger = neck_bench.train_necks(config, task, folder, necks, args.seeds, recipe, label)
+        figures = neck_bench.analyse(ledger, names, recipe)
+        results[label] = {"detector": proxy.detector, "roi_extractor": proxy.roi_extractor,
+                          "recipe": recipe_text(proxy, config), "recipe_key": recipe, "folder": str(folder),
+                          "prepare_seconds": prepare_seconds, **figures, "ranking": list(figures["necks"])}
+    names = list(necks)
+    labels = list(results)
+    taus = {}
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            tau, n = neck_bench.kendall_between(results[a], results[b], names)
+            taus[f"{a} vs {b}"] = {"kendall_tau": tau, "necks": n}
+    finite = [t["kendall_tau"] for t in taus.values() if t["kendall_tau"] == t["kendall_tau"]]
+    out_json = {"machine": platform.processor() or platform.machine(), "data": args.data, "seeds": args.seeds,
+                "proxy": overrides, "necks": names, "detectors": results, "kendall_tau": taus,
+                "mean_kendall_tau": statistics.mean(finite) if finite else None}
+    show_detectors(out_json)
+    path = Path(args.json or "bench_detectors.json")
+    atomic_write_text(path, json.dumps(out_json, indent=1))
+    print(f"wrote {path}")
+
+
+def show_detectors(result: dict) -> None:
+    import neck_bench
+
+    neck_bench.print_table(f"AP of each neck (mean over seeds [per seed], rank) on the {result['data']} data, the "
+                           "search recipe under each detector:", result["detectors"], result["necks"])
+    for label, r in result["detectors"].items():
+        prepared = "" if r["prepare_seconds"] is None else f"; task prepared in {r['prepare_seconds']:.0f} s"
+        print(f"\n{label}: {r['recipe']} (ledger recipe {r['recipe_key']})\n  seed std {r['seed_std']:.4f}; necks "
+              f"span {r['spread_in_seed_stds'] or 0:.1f} seed stds; weak neck last: {r['weak_neck_last']}; "
+              f"{r['seconds_per_run']} s a candidate (cached features){prepared}\n  ranking: {' > '.join(r['ranking'])}")
+    if result["kendall_tau"]:
+        print("\nKendall tau between the detectors' rankings of the necks (by mean AP):")
+        for pair, t in result["kendall_tau"].items():
+            print(f"  {pair}: {t['kendall_tau']:+.2f} over {t['necks']} necks")
+        if len(result["kendall_tau"]) > 1 and result["mean_kendall_tau"] is not None:
+            print(f"  mean over the pairs: {result['mean_kendall_tau']:+.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=2)
@@ -146,9 +265,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--skip-raccoon", action="store_true")
-    parser.add_argument("--json", default="bench_proxy.json")
+    parser.add_argument("--json", default=None, help="default: bench_proxy.json (bench_detectors.json with --detectors)")
+    parser.add_argument("--detectors", nargs="+", default=None, metavar="DETECTOR[:soft]",
+                        help=f"the detector benchmark instead: {', '.join(DETECTORS)}; faster_rcnn:soft is Faster "
+                             "R-CNN with soft RoI selection")
+    parser.add_argument("--data", default="builtin", choices=["builtin", "bccd"], help="with --detectors")
+    parser.add_argument("--out", type=Path, default=None, help="with --detectors: the folder of the ledgers, <out>/<data>/<detector> "
+                        "(default runs/detectors)")
+    parser.add_argument("--proxy", default="{}", help="with --detectors: proxy settings over the search's, YAML")
+    parser.add_argument("--report-only", action="store_true",
+                        help="with --detectors: analyse what --out holds; prepare and train nothing")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.detectors:
+        detectors_benchmark(args)
+        return
+    args.json = args.json or "bench_proxy.json"
     torch.set_num_threads(args.threads)
     config = ProxyConfig(**({"steps": args.steps} if args.steps else {}))
     out: dict = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
