@@ -266,7 +266,7 @@ def _train(args: argparse.Namespace) -> None:
 
     from .search.config import load_search_config, merge_flags, search_config
     from .search.driver import detector_text
-    from .task import prepare_task
+    from .task import prepare_task, task_problem
     from .train import train_proxy
 
     config = load_search_config(args.config) if args.config else {}
@@ -278,6 +278,9 @@ def _train(args: argparse.Namespace) -> None:
     if "eval_every" not in (config.get("proxy") or {}):
         proxy = dataclasses.replace(proxy, eval_every=0)  # the search evaluates along the way for ASHA; train need not
     genotype = load_genotype(args.genotype)
+    problem = task_problem(genotype, backbone)
+    if problem:  # before the task is prepared (a warm-up can take minutes)
+        raise UsageError(problem)
     task = prepare_task(data, backbone, proxy)
     result = train_proxy(genotype, task, proxy, report=lambda r: log.info("step %(step)d loss %(loss).4f", r))
     print(f"genotype  {genotype.name or args.genotype} ({genotype.hash()[:12]})")
