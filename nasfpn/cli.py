@@ -233,9 +233,14 @@ def _export(args: argparse.Namespace) -> None:
         if args.repeats < 1:
             raise UsageError(f"--repeats {args.repeats}: must be a positive integer")
         genotype = genotype.replace(repeats=args.repeats)
+    if args.onnx is not None and genotype.recursion is not None:
+        raise UsageError(f"--onnx: {genotype.name or args.genotype} has recursion ({genotype.recursion.label()}): "
+                         "its neck runs the backbone, so it has no ONNX graph from features to pyramid; export the "
+                         "module without --onnx (its class takes the backbone)")
     channels = _channels(args.in_channels, genotype.backbone_levels)
     export_neck(genotype, channels, args.output, args.width, args.class_name)
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}" + (f" (its class takes the backbone: {args.class_name}(backbone), see its docstring)"
+                                    if genotype.recursion is not None else ""))
     if args.onnx is not None:
         import torch
 
