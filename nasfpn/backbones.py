@@ -16,13 +16,15 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .ops import feedback_graph
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,22 +49,55 @@ class BackboneError(ValueError):
 class Backbone(nn.Module):
     """A feature extractor returning ``OrderedDict`` ``c3``.. (finest first), with ``channels``
     (level -> channels) and ``frozen`` set. A frozen backbone stays in eval mode. ``mean``/``std``:
-    the input normalisation its weights were trained with."""
+    the input normalisation its weights were trained with. ``nodes``: the graph nodes the body
+    returns, one per level (for a torchvision ResNet, the stages ``layer2``..``layer4``)."""
 
     def __init__(self, body: nn.Module, channels: Mapping[int, int], frozen: bool, name: str,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 nodes: Sequence[str] = ()):
         super().__init__()
         self.body = body
         self.channels = dict(channels)
         self.frozen = frozen
         self.name = name
+        self.nodes = tuple(nodes)
+        self._fed: Dict[tuple, nn.Module] = {}  # feedback bodies by levels: they share the body's modules, unregistered
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: Tensor) -> "OrderedDict[str, Tensor]":
-        """``images``: float in [0, 1], normalised here."""
-        feats = self.body((images - self.mean) / self.std)
+    def forward(self, images: Tensor, feedback: Optional[Mapping[str, Tensor]] = None) -> "OrderedDict[str, Tensor]":
+        """``images``: float in [0, 1], normalised here. ``feedback``: maps ``c{level}`` at that
+        level's channels, added inside the backbone as DetectoRS' recursive feature pyramid adds
+        them (see :meth:`feedback_body`); None or empty: the plain pass."""
+        x = (images - self.mean) / self.std
+        if feedback:
+            feats = self.feedback_body([int(key[1:]) for key in feedback])(x, *feedback.values())
+        else:
+            feats = self.body(x)
         return OrderedDict((f"c{level}", f) for level, f in zip(self.channels, feats.values()))
+
+    def feedback_body(self, levels: Sequence[int]) -> nn.Module:
+        """The body taking, after the image, one map per level of ``levels``, added in the first
+        block of the stage that makes ``C{level}`` before its last ReLU (:func:`nasfpn.ops.feedback_graph`);
+        it shares the body's weights. Made once per set of levels.
+
+        Raises:
+            BackboneError: the backbone is not a torchvision ResNet cut at its stages (the message
+                names it), or a level is not one of its levels.
+        """
+        levels = tuple(levels)
+        if levels not in self._fed:
+            known = list(self.channels)
+            where = f"backbone {self.name!r}: recursion (RFP) feeds back into the first block of the stages " \
+                    f"making {', '.join(f'C{lv}' for lv in levels)}, which runs on torchvision ResNets (resnet18, " \
+                    f"resnet34, resnet50, resnet101) cut at layer2..layer4"
+            if not set(levels) <= set(known) or len(self.nodes) != len(known):
+                raise BackboneError(f"{where}; this backbone returns levels {known} from nodes {list(self.nodes)}")
+            try:
+                self._fed[levels] = feedback_graph(self.body, [self.nodes[known.index(lv)] for lv in levels])
+            except ValueError as err:
+                raise BackboneError(f"{where}: {err}") from None
+        return self._fed[levels]
 
     def train(self, mode: bool = True) -> "Backbone":
         return super().train(mode and not self.frozen)
@@ -121,7 +156,7 @@ def build_backbone(name: str, *, weights: str | Path | None = None, return_nodes
     if freeze:
         for p in body.parameters():
             p.requires_grad_(False)
-    backbone = Backbone(body, channels, freeze, name, parts.mean, parts.std)
+    backbone = Backbone(body, channels, freeze, name, parts.mean, parts.std, nodes=parts.nodes or ())
     return backbone.train(False) if freeze else backbone
 
 

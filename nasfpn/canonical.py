@@ -2,10 +2,11 @@
 
 Two genotypes that compute the same thing the same way (nodes renumbered, dead nodes added,
 independent nodes listed in another order, inputs of a sum swapped, the ``unused: sum`` rule
-or its explicit nodes) have the same canonical form. The order is fixed by a structural
-signature of each node (a Merkle hash over its inputs), then a topological sort that always
-takes the ready node of smallest signature. Whether the order of a node's inputs counts is the
-combine's to say (:attr:`nasfpn.vocabulary.Combine.input_order`).
+or its explicit nodes, a recursion's ASPP branches in another order) have the same canonical
+form. The order is fixed by a structural signature of each node (a Merkle hash over its
+inputs), then a topological sort that always takes the ready node of smallest signature.
+Whether the order of a node's inputs counts is the combine's to say
+(:attr:`nasfpn.vocabulary.Combine.input_order`).
 
 This module only computes: the rules it applies (the spelled-out form, live nodes) are the
 genotype's, reached through the genotype it is given, so it imports nothing of the genotype.
@@ -65,6 +66,8 @@ def canonical_form(genotype: Genotype) -> Genotype:
         canonical = canonical.replace(downsample="pool")
     if not any(OPS[node.op].reads_activation for node in canonical.nodes):
         canonical = canonical.replace(activation="relu")
+    if canonical.recursion is not None:  # absent: nothing is added, so hashes without one are unchanged
+        canonical = canonical.replace(recursion=canonical.recursion.canonical())
     return canonical
 
 

@@ -233,9 +233,14 @@ def _export(args: argparse.Namespace) -> None:
         if args.repeats < 1:
             raise UsageError(f"--repeats {args.repeats}: must be a positive integer")
         genotype = genotype.replace(repeats=args.repeats)
+    if args.onnx is not None and genotype.recursion is not None:
+        raise UsageError(f"--onnx: {genotype.name or args.genotype} has recursion ({genotype.recursion.label()}): "
+                         "its neck runs the backbone, so it has no ONNX graph from features to pyramid; export the "
+                         "module without --onnx (its class takes the backbone)")
     channels = _channels(args.in_channels, genotype.backbone_levels)
     export_neck(genotype, channels, args.output, args.width, args.class_name)
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}" + (f" (its class takes the backbone: {args.class_name}(backbone), see its docstring)"
+                                    if genotype.recursion is not None else ""))
     if args.onnx is not None:
         import torch
 
@@ -266,7 +271,7 @@ def _train(args: argparse.Namespace) -> None:
 
     from .search.config import load_search_config, merge_flags, search_config
     from .search.driver import detector_text
-    from .task import prepare_task
+    from .task import prepare_task, task_problem
     from .train import train_proxy
 
     config = load_search_config(args.config) if args.config else {}
@@ -278,6 +283,9 @@ def _train(args: argparse.Namespace) -> None:
     if "eval_every" not in (config.get("proxy") or {}):
         proxy = dataclasses.replace(proxy, eval_every=0)  # the search evaluates along the way for ASHA; train need not
     genotype = load_genotype(args.genotype)
+    problem = task_problem(genotype, backbone)
+    if problem:  # before the task is prepared (a warm-up can take minutes)
+        raise UsageError(problem)
     task = prepare_task(data, backbone, proxy)
     result = train_proxy(genotype, task, proxy, report=lambda r: log.info("step %(step)d loss %(loss).4f", r))
     print(f"genotype  {genotype.name or args.genotype} ({genotype.hash()[:12]})")

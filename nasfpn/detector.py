@@ -24,6 +24,7 @@ from torchvision.ops import boxes as box_ops
 
 from .genotype import Genotype
 from .neck import Neck, build_neck
+from .rfp import check_backbone, neck_pass
 
 log = logging.getLogger(__name__)
 MATCH_MEMORY = 64 * 2 ** 20  # bytes of remembered anchor matches per detector (1,280 at 256 px: 31 MB)
@@ -84,6 +85,7 @@ class ProxyDetector(nn.Module):
             raise ValueError(f"aux_loss must be a finite number >= 0 (0: off), got {aux_loss!r}")
         self.backbone = backbone
         self.neck: Neck = build_neck(genotype, in_channels, width)
+        check_backbone(self.neck, backbone)  # one a recursive neck cannot feed back into is refused now
         self.image_size = image_size
         levels = genotype.levels
         sizes = tuple(tuple(anchor_scale * 2 ** lv * 2 ** (k / 3) for k in range(3)) for lv in levels)
@@ -141,13 +143,9 @@ class ProxyDetector(nn.Module):
             targets: per image ``boxes`` (xyxy, canvas pixels) and ``labels`` (training only).
             features: C3..C5 from the cache, instead of running the backbone.
         """
-        if features is None:
-            features = self.features(images)
         supervise_laterals = self.training and self.aux_head is not None
-        if supervise_laterals:
-            outputs, laterals = self.neck.forward_with_laterals(features)
-        else:
-            outputs = self.neck(features)
+        # A recursive neck (RFP) runs the backbone again: neck_pass wires it.
+        outputs, laterals = neck_pass(self, images, features, supervise_laterals)
         pyramid = list(outputs.values())
         batch = pyramid[0].shape[0]
         # Under autocast the head computes in half precision; the focal loss, box decoding and

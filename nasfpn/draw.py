@@ -1,8 +1,10 @@
 """Draw one cell of a genotype as a paper-style figure (levels as rows, nodes left to right).
 
 The picture is drawn from :meth:`Genotype.spelled_out` and shows only its live nodes, so the
-``unused: sum`` rule appears as explicit nodes. Rendering uses matplotlib's Agg canvas on a
-private :class:`~matplotlib.figure.Figure` (no pyplot state, no display).
+``unused: sum`` rule appears as explicit nodes. A ``recursion`` (DetectoRS' RFP) is a dashed
+feedback arrow under the cell, from the fed outputs back to the inputs, labelled with it.
+Rendering uses matplotlib's Agg canvas on a private :class:`~matplotlib.figure.Figure` (no
+pyplot state, no display).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ RAW_FC, RAW_EC = "#e4f2df", "#3d6b35"
 MIN_WIDTH = 9.0                   # inches
 LANE = 0.42                       # offset of a lane along a row
 RADS = (0.06, -0.06, 0.1, -0.1, 0.15, -0.15, 0.2, -0.2, 0.3, -0.3, 0.45, -0.45)
+FEEDBACK, FEEDBACK_ROOM = "#7b3fa0", 0.7   # the recursion's arrow, and the inches under the cell for it
 
 
 def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None) -> Path:
@@ -69,7 +72,8 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
     x_lo, x_hi = -1.35 - shift, x_out + OUT_W + 0.25
     pad = max(0.0, MIN_WIDTH - (x_hi - x_lo)) / 2     # room for the subtitle and the legend
     x_lo, x_hi = x_lo - pad, x_hi + pad
-    y_lo, y_hi = -0.75, row_y[rows[-1]] + 0.75
+    y_cell, y_hi = -0.75, row_y[rows[-1]] + 0.75      # the edges stay above y_cell
+    y_lo = y_cell - (FEEDBACK_ROOM if g.recursion is not None else 0.0)
     top, bottom = 0.85, 0.45                   # inches for the title and the legend
     width, height = x_hi - x_lo, y_hi - y_lo + top + bottom
     fig = Figure(figsize=(width, height))
@@ -134,12 +138,15 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
                     va="center", fontsize=6.5, color="#8a6d1f", rotation=90)
     placed: set[tuple[int, int]] = set()
     for src, dst, color, style, lw in sorted(edges, key=lambda e: _length(boxes, e[0], e[1])):
-        route = _route(boxes, src, dst, list(row_y.values()), (y_lo + 0.15, y_hi - 0.15), placed)
+        route = _route(boxes, src, dst, list(row_y.values()), (y_cell + 0.15, y_hi - 0.15), placed)
         where = ({"path": route} if isinstance(route, MplPath) else
                  {"posA": boxes[src][:2], "posB": boxes[dst][:2], "patchA": patches[src],
                   "patchB": patches[dst], "shrinkA": 1.5, "shrinkB": 1.5, "connectionstyle": route})
         ax.add_patch(FancyArrowPatch(**where, arrowstyle="-|>", mutation_scale=9, color=color, ls=style,
                                      lw=lw, zorder=2, alpha=0.9))
+
+    if g.recursion is not None:
+        _draw_feedback(ax, g, boxes, y_cell - FEEDBACK_ROOM / 2)
 
     heading = title or genotype.name or "neck"
     if genotype.repeats > 1:
@@ -154,6 +161,8 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
                Patch(fc="#ffffff", ec="#2d4d7a", label="merge only")]
     if raw:
         handles.append(Patch(fc=RAW_FC, ec=RAW_EC, label="backbone feature (raw C)"))
+    if g.recursion is not None:
+        handles.append(Line2D([], [], color=FEEDBACK, lw=1.4, ls="--", label="feedback into the backbone (RFP)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False,
                bbox_to_anchor=(0.5, 0.0), handlelength=2.0, columnspacing=1.6)
 
@@ -161,6 +170,27 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str | None = None
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "nasfpn"}):
         fig.savefig(path, format=suffix[1:], dpi=150, facecolor="white")
     return path
+
+
+def _draw_feedback(ax, g: Genotype, boxes: dict[str, tuple[float, float, float, float]], y: float) -> None:
+    """The recursion: a dashed line from each fed output out to a bus right of the outputs, down
+    under the cell at ``y``, left and up into the finest cell input, labelled under its run."""
+    rec = g.recursion
+    x_bus = boxes[f"out{rec.levels[0]}"][0] + OUT_W + 0.14
+    for level in rec.levels:
+        x, y_out, w, _ = boxes[f"out{level}"]
+        ax.plot([x + w, x_bus], [y_out, y_out], color=FEEDBACK, lw=1.1, ls="--", zorder=2)
+    x_in, y_in, _, r = boxes[f"P{g.cell_levels[0]}"]
+    top = boxes[f"out{rec.levels[-1]}"][1]
+    path = MplPath([(x_bus, top), (x_bus, y), (x_in, y), (x_in, y_in - r)],
+                   [MplPath.MOVETO, MplPath.LINETO, MplPath.LINETO, MplPath.LINETO])
+    ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=10, color=FEEDBACK, ls="--",
+                                 lw=1.3, zorder=2))
+    fused = "gated fusion of every level" if rec.fusion == "gate" else f"{rec.fusion} fusion"
+    ax.text((x_in + x_bus) / 2, y - 0.06, f"RFP x{rec.steps}: {rec.feedback.upper()} on "
+            f"{', '.join(f'P{lv}' for lv in rec.levels)} → rfp_conv → backbone "
+            f"{', '.join(f'C{lv}' for lv in rec.levels)} ({rec.enters.replace('_', ' ')}), run again; "
+            f"the same neck; {fused}", ha="center", va="top", fontsize=7, color=FEEDBACK)
 
 
 def _subtitle(g: Genotype) -> str:

@@ -7,6 +7,15 @@ dict of :func:`nasfpn.build_neck`'s module loads into it unchanged. Its ``forwar
 graph out one node a line. The only free text of a genotype (its name) enters the file as a
 Python string literal made by ``repr``; everything else written is generated from validated
 choices.
+
+A genotype with ``recursion`` (DetectoRS' RFP) is written as two classes: the pyramid
+(``<class_name>Pyramid``, as any neck) and ``<class_name>``, which holds it, the ASPP, the
+``rfp_conv``s and the gate under the names :class:`nasfpn.rfp.RecursiveNeck` gives them, and
+takes the backbone as a constructor argument: a traced ``torch.fx.GraphModule`` returning C3..C5
+(torchvision's ``create_feature_extractor`` of a ResNet), opened to the feedback by the same
+``feedback_graph`` as nasfpn's backbones. Its ``forward`` takes the images. The backbone stays
+the caller's (not in its parameters or state dict), and the class is not TorchScript-able (it
+holds the traced backbone outside its modules) nor exportable to ONNX as a neck.
 """
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ from . import ops
 from .fsio import atomic_write_text
 from .genotype import Genotype
 from .neck import Neck, build_neck
+from .rfp import RecursiveNeck
 from .vocabulary import COMBINES, Layer
 
 
@@ -44,27 +54,38 @@ def export_neck(genotype: Genotype, in_channels: Mapping[int, int] | Sequence[in
 
 
 class _Writer:
-    def __init__(self, neck: Neck, class_name: str):
-        self.neck = neck
-        self.genotype = neck.genotype
-        self.graph = neck.genotype.spelled_out()
+    def __init__(self, module: Neck | RecursiveNeck, class_name: str):
+        self.rfp = module if isinstance(module, RecursiveNeck) else None
+        self.neck = module.neck if self.rfp is not None else module
+        self.whole = module.genotype  # with its recursion, if any: the file's header
+        self.genotype = self.neck.genotype
+        self.graph = self.genotype.spelled_out()
         self.class_name = class_name
-        self.width = neck.out_channels
+        self.pyramid_name = f"{class_name}Pyramid" if self.rfp is not None else class_name
+        self.width = self.neck.out_channels
         self.used: set[str] = {"upsample", "downsample"}
 
     def source(self) -> str:
         cells, self.cell_types = self._cell_classes()
         neck = self._neck_class()
+        if self.rfp is not None:
+            neck += "\n\n" + self._rfp_class()
         layers = "\n\n\n".join(inspect.getsource(getattr(ops, n)).rstrip() for n in _with_what_they_use(self.used))
-        g = self.genotype
+        g = self.whole
+        out = f"returns a dict p{g.levels[0]}..p{g.levels[-1]} of {self.width} channels each.\n"
+        takes = ("Takes the images a traced backbone is given (see the last class), runs the backbone, the neck,\n"
+                 f"and the backbone again with the neck's feedback ({g.recursion.label()}),\nand " + out
+                 if g.recursion is not None else
+                 "Takes the backbone's features as a dict, finest level first\n"
+                 f"(levels {list(g.backbone_levels)}), and " + out)
         header = (
             f'"""A feature-pyramid neck exported by nasfpn (genotype {g.hash()[:12]}).\n\n'
-            "Standalone: needs only torch. Takes the backbone's features as a dict, finest level first\n"
-            f"(levels {list(g.backbone_levels)}), and returns a dict p{g.levels[0]}..p{g.levels[-1]} of {self.width} channels each.\n"
+            "Standalone: needs only torch. " + takes +
             "Its state dict is that of nasfpn.build_neck(genotype, ...) for the same genotype.\n"
             '"""\n'
             "from typing import Dict, List, Tuple\n\n"
-            "import torch\nimport torch.nn.functional as F\nfrom torch import Tensor, nn\n\n"
+            "import torch\n" + ("import torch.fx\n" if g.recursion is not None else "") +
+            "import torch.nn.functional as F\nfrom torch import Tensor, nn\n\n"
             f"NAME = {g.name!r}\n"
             f"GENOTYPE_HASH = {g.hash()!r}\n"
             "GENOTYPE_YAML = (\n" + "".join(f"    {line!r}\n" for line in g.to_yaml().splitlines(True)) + ")\n\n\n")
@@ -169,12 +190,51 @@ class _Writer:
         if neck.extra_after_cells:
             body += extra
         body.append("return {" + ", ".join(f"'p{lv}': p{lv}" for lv in g.levels) + "}")
-        lines = [f"class {self.class_name}(nn.Module):",
+        lines = [f"class {self.pyramid_name}(nn.Module):",
                  f'    """{len(neck.cells[0].plan)}-node cell x {g.repeats}, width {w}; see NAME and GENOTYPE_YAML."""',
                  "", "    def __init__(self):", "        super().__init__()"]
         lines += [f"        {line}" for line in init]
         lines += ["", "    def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:"]
         lines += [f"        {line}" for line in body]
+        return "\n".join(lines) + "\n"
+
+    def _rfp_class(self) -> str:
+        """The recursive feature pyramid around the pyramid class (see the module docstring)."""
+        rfp, rec, g = self.rfp, self.rfp.recursion, self.genotype
+        self.used.add("feedback_graph")
+        stages = tuple(f"layer{lv - 1}" for lv in g.backbone_levels)  # a torchvision ResNet's
+        fed = ", ".join(f"stages[{g.backbone_levels.index(lv)}]" for lv in rec.levels)
+        init = [f"self.out_channels = {self.width}", f"self.neck = {self.pyramid_name}()", "self.rfp_conv = Parts()"]
+        init += self._made(rfp.calls, "self.")
+        init += [f"fed = feedback_graph(backbone, [{fed}])  # C{', C'.join(map(str, rec.levels))} take the feedback",
+                 "self._backbone = (backbone, fed)  # a tuple: the caller's modules, not registered here"]
+        feedback = [f"self.rfp_conv.p{lv}(self.aspp(x['p{lv}']))" for lv in rec.levels]
+        body = ["backbone, fed = self._backbone", "x = self.neck(backbone(images))",
+                f"for _ in range({rec.steps - 1}):  # the steps after the first",
+                "    feedback = [", *[f"        {f}," for f in feedback], "    ]",
+                "    new = self.neck(fed(images, *feedback))",
+                "    x = {key: self.fuse(new[key], x[key]) for key in x}",
+                "return x"]
+        lines = [f"class {self.class_name}(nn.Module):",
+                 f'    """DetectoRS\' recursive feature pyramid around {self.pyramid_name}:',
+                 f"    {rec.label()}.",
+                 "",
+                 "    backbone: a traced torch.fx.GraphModule returning C" +
+                 f"{g.backbone_levels[0]}..C{g.backbone_levels[-1]} (finest first) from the images,",
+                 "    e.g. torchvision.models.feature_extraction.create_feature_extractor(resnet50(), "
+                 f"{list(stages)});",
+                 "    stages: the module path of the stage making each of those levels. The backbone is the",
+                 "    caller's: not in this module's parameters or state dict (move and train it yourself).",
+                 '    """',
+                 "",
+                 f"    def __init__(self, backbone: nn.Module, stages: Tuple[str, ...] = {stages!r}):",
+                 "        super().__init__()"]
+        lines += [f"        {line}" for line in init]
+        lines += ["", "    def forward(self, images: Tensor) -> Dict[str, Tensor]:"]
+        lines += [f"        {line}" for line in body]
+        lines += ["", "    def fuse(self, new: Tensor, old: Tensor) -> Tensor:",
+                  "        a = torch.sigmoid(self.gate(new))",
+                  "        return a * new + (1 - a) * old"]
         return "\n".join(lines) + "\n"
 
 
@@ -194,14 +254,15 @@ def _with_what_they_use(names: set[str]) -> list[str]:
     return [name for name in defined if name in needed]
 
 
-def load_exported(path: str | Path, class_name: str = "ExportedNeck"):
-    """Import an exported neck file and return an instance of its class."""
+def load_exported(path: str | Path, class_name: str = "ExportedNeck", *args, **kwargs):
+    """Import an exported neck file and return an instance of its class, made with ``args`` and
+    ``kwargs`` (a recursive neck's class takes the backbone)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(f"nasfpn_exported_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return getattr(module, class_name)()
+    return getattr(module, class_name)(*args, **kwargs)
 
 
 def export_onnx(neck: torch.nn.Module, in_channels: Mapping[int, int], path: str | Path,
@@ -211,10 +272,14 @@ def export_onnx(neck: torch.nn.Module, in_channels: Mapping[int, int], path: str
 
     Raises:
         ImportError: the optional ``onnx`` package is missing (``pip install onnx``).
+        ValueError: a recursive neck (RFP), which runs the backbone: no graph from features to pyramid.
     """
     import importlib.util
     import warnings
 
+    if isinstance(neck, RecursiveNeck) or hasattr(neck, "_backbone"):
+        raise ValueError("a neck with recursion (RFP) runs the backbone: it has no ONNX graph from features to "
+                         "pyramid; export the whole detector instead")
     if importlib.util.find_spec("onnx") is None:
         raise ImportError("ONNX export needs the optional onnx package: pip install onnx")
     levels = sorted(in_channels)

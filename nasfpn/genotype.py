@@ -41,6 +41,8 @@ downsampling) are records of :mod:`nasfpn.vocabulary`.
 * ``repeats``: the cell is stacked this many times, without sharing weights; cell ``k+1`` reads
   cell ``k``'s outputs as its inputs.
 * ``activation``: the activation before ``sepconv_bn`` (``relu`` or ``swish``).
+* ``recursion`` (optional): DetectoRS' recursive feature pyramid, the outputs fed back into the
+  backbone and the same neck run again; its rules are in :mod:`nasfpn.recursion`.
 * ``name``: free text for reports; not part of a genotype's identity or hash.
 """
 from __future__ import annotations
@@ -53,6 +55,7 @@ from typing import Any, Collection, Mapping, Sequence
 import yaml
 
 from .canonical import canonical_form, canonical_hash
+from .recursion import Recursion
 from .shipped import REFERENCE_DIR, yaml_problem, yaml_stems
 from .vocabulary import COMBINES, DOWNSAMPLES, EXTRA_OPS, LATERALS, MAX_INPUTS, OPS
 
@@ -92,6 +95,7 @@ class Genotype:
     unused: str = "drop"
     repeats: int = 1
     width: int = 256
+    recursion: Recursion | None = None
     name: str = field(default="", compare=False)
 
     # --- derived facts -------------------------------------------------------------------
@@ -202,6 +206,9 @@ class Genotype:
         if len(self.extra.ops) >= len(levels):
             raise GenotypeError(
                 f"extra.ops: {len(self.extra.ops)} extra levels leave no backbone level in {list(levels)}")
+        problem = "" if self.recursion is None else self.recursion.problem(self.backbone_levels)
+        if problem:
+            raise GenotypeError(problem)
 
     # --- derived forms ----------------------------------------------------------------------
     def spelled_out(self) -> "Genotype":
@@ -257,6 +264,7 @@ class Genotype:
             unused=self.unused,
             repeats=self.repeats,
             width=self.width,
+            **({} if self.recursion is None else {"recursion": self.recursion.to_dict()}),
             nodes=[{"inputs": list(n.inputs), "level": n.level, "combine": n.combine, "op": n.op}
                    for n in self.nodes],
             outputs={level: name for level, name in zip(self.cell_levels, self.outputs)},
@@ -311,7 +319,7 @@ class Genotype:
             downsample=_str(data.get("downsample", "pool"), "downsample"),
             activation=_str(data.get("activation", "relu"), "activation"),
             unused=_str(data.get("unused", "drop"), "unused"),
-            repeats=data.get("repeats", 1), width=data.get("width", 256),
+            repeats=data.get("repeats", 1), width=data.get("width", 256), recursion=_recursion(data.get("recursion")),
             name=_str(data.get("name", ""), "name"),
         )
         outputs = data["outputs"]
@@ -485,6 +493,13 @@ def _list(value: Any, where: str) -> list:
     if not isinstance(value, (list, tuple)):
         raise GenotypeError(f"{where}: must be a list, got {value!r}")
     return list(value)
+
+
+def _recursion(value: Any) -> Recursion | None:
+    try:
+        return None if value is None else Recursion.from_dict(value)
+    except (ValueError, TypeError) as err:
+        raise GenotypeError(str(err)) from None
 
 
 def _parse_level(key: Any) -> int | None:

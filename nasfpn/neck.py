@@ -13,11 +13,12 @@ from torch import Tensor, nn
 
 from .genotype import Genotype, GenotypeError
 from .ops import downsample, upsample
+from .rfp import RecursiveNeck
 from .vocabulary import COMBINES, DOWNSAMPLES, EXTRA_OPS, LATERALS, OPS, Layer, adapter
 
 
 def build_neck(genotype: Genotype, in_channels: Mapping[int, int] | Sequence[int],
-               width: int | None = None) -> "Neck":
+               width: int | None = None) -> "Neck | RecursiveNeck":
     """Build the neck a genotype describes.
 
     Args:
@@ -28,7 +29,8 @@ def build_neck(genotype: Genotype, in_channels: Mapping[int, int] | Sequence[int
 
     Returns:
         A module taking the backbone's ``OrderedDict[str, Tensor]`` (finest first, any keys) and
-        returning ``OrderedDict`` ``p3``..``p7``, with ``out_channels`` set.
+        returning ``OrderedDict`` ``p3``..``p7``, with ``out_channels`` set. For a genotype with
+        ``recursion``, a :class:`nasfpn.rfp.RecursiveNeck`, whose forward also needs the backbone.
 
     Example:
         >>> import torch, nasfpn
@@ -37,6 +39,9 @@ def build_neck(genotype: Genotype, in_channels: Mapping[int, int] | Sequence[int
         >>> [tuple(v.shape) for v in neck(x).values()][-1]
         (1, 16, 1, 1)
     """
+    if genotype.recursion is not None:  # DetectoRS' RFP: this neck, fed back into the backbone
+        neck = Neck(genotype.replace(recursion=None), in_channels, width)
+        return RecursiveNeck(genotype.replace(width=neck.out_channels), neck, in_channels)
     return Neck(genotype, in_channels, width)
 
 
@@ -153,6 +158,9 @@ class Neck(_MadeFromCalls):
                  width: int | None = None):
         super().__init__()
         genotype = genotype.validate()
+        if genotype.recursion is not None:
+            raise GenotypeError("recursion: a Neck is fed once by the backbone; build a genotype with recursion "
+                                "with nasfpn.build_neck (nasfpn.rfp.RecursiveNeck)")
         if width is not None:
             genotype = genotype.replace(width=width)
         width = genotype.width

@@ -7,13 +7,16 @@ level, as torchvision's FPN does, so odd sizes work) and one max-pool with kerne
 downsampling: PANet's bottom-up path (``DownConv``) and the extra levels of RetinaNet's FPN
 (``ExtraConv``).
 
-Two layers come from the rest of the neck family: AugFPN's residual feature augmentation
-(``RFA``, which reads a raw backbone feature) and DetectoRS' switchable atrous convolution
-(``SAConv2d``, here a neck op followed by BN: ``SACBN``).
+Layers from the rest of the neck family: AugFPN's residual feature augmentation (``RFA``,
+which reads a raw backbone feature), DetectoRS' switchable atrous convolution (``SAConv2d``,
+here a neck op followed by BN: ``SACBN``), and the parts of DetectoRS' recursive feature
+pyramid (``ASPP``, ``ZeroConv2d`` for its ``rfp_conv`` and gate, and ``feedback_graph``, which
+opens a traced ResNet to the feedback).
 """
 from typing import List, Tuple
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -236,3 +239,74 @@ class SACBN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(self.conv(x))
+
+
+class ASPP(nn.Module):
+    """DetectoRS' ASPP, the feedback of its recursive feature pyramid, as mmdetection's ``ASPP``
+    (``mmdet/models/necks/rfp.py``): one branch per dilation, a 1x1 conv where it is 1 and a 3x3
+    conv at that dilation (padding = dilation) otherwise, and with ``image_pool`` one more
+    branch, global average pooling then a 1x1 conv, broadcast back to the map's size; every
+    conv with bias and followed by ReLU, no norm; the branches concatenated
+    (``width * (len(dilations) + image_pool)`` channels). mmdetection writes DetectoRS' as
+    ``dilations=(1, 3, 6, 1)``, its last branch pooled; here ``(1, 3, 6)`` with ``image_pool``.
+    Convs keep torch's default init (mmdetection's is Kaiming)."""
+
+    def __init__(self, in_channels: int, width: int, dilations: Tuple[int, ...] = (1, 3, 6), image_pool: bool = True):
+        super().__init__()
+        self.branches = nn.ModuleList([
+            nn.Conv2d(in_channels, width, 3, padding=d, dilation=d) if d > 1 else nn.Conv2d(in_channels, width, 1)
+            for d in dilations])
+        self.pool = nn.Conv2d(in_channels, width, 1) if image_pool else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = [F.relu(branch(x)) for branch in self.branches]
+        if self.pool is not None:
+            pooled = F.relu(self.pool(F.adaptive_avg_pool2d(x, 1)))
+            out.append(pooled.expand(-1, -1, x.shape[-2], x.shape[-1]))
+        return torch.cat(out, dim=1)
+
+
+class ZeroConv2d(nn.Conv2d):
+    """A 1x1 conv with bias, weight and bias initialised to zero: RFP's ``rfp_conv`` (the
+    feedback starts at zero, so the second backbone pass starts as the first) and its fusion
+    gate (``sigmoid(0)``: the new and old outputs start weighted 0.5 each)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 1)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+def feedback_graph(body: nn.Module, stages: List[str]) -> nn.Module:
+    """A copy of a traced backbone ``body`` (a ``torch.fx.GraphModule``, such as torchvision's
+    ``create_feature_extractor`` of a ResNet) that takes, after its input, one map per stage of
+    ``stages`` (module paths, e.g. ``layer2``) and adds it to the output of that stage's first
+    block (``layer2.0``) after the residual sum and before the block's last ReLU, where
+    DetectoRS' recursive feature pyramid adds its feedback. The copy shares the body's modules,
+    and so its weights; the body itself is unchanged.
+
+    Raises:
+        ValueError: ``body`` is not traced, or a stage's first block does not end in
+            ``relu(out + identity)`` (torchvision's ``BasicBlock`` and ``Bottleneck`` do).
+    """
+    if not isinstance(getattr(body, "graph", None), torch.fx.Graph):
+        raise ValueError(f"the backbone body is a {type(body).__name__}, not a traced torch.fx.GraphModule")
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(body.graph, {}))
+    ends = []
+    for stage in stages:
+        relus = [n for n in graph.nodes if n.op == "call_module" and n.target == stage + ".0.relu"]
+        added = relus[-1].args[0] if relus and relus[-1].args else None
+        if not isinstance(added, torch.fx.Node) or added.op != "call_function" or \
+                getattr(added.target, "__name__", "") not in ("add", "iadd"):
+            raise ValueError(f"the first block of stage {stage!r} ({stage}.0) does not end in relu(out + identity)")
+        ends.append(relus[-1])
+    last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    for stage, end in zip(stages, ends):
+        with graph.inserting_after(last):
+            last = graph.placeholder("feedback_" + stage.replace(".", "_"))
+        with graph.inserting_before(end):
+            fed = graph.call_function(torch.add, (end.args[0], last))
+        end.args = (fed,) + tuple(end.args[1:])
+    graph.lint()
+    return torch.fx.GraphModule(body, graph)

@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .genotype import Genotype
 from .neck import build_neck, example_inputs
+from .rfp import RecursiveNeck, unchanged_backbone
 
 
 def count_params(module: nn.Module) -> int:
@@ -19,10 +20,17 @@ def count_params(module: nn.Module) -> int:
 def count_macs(module: nn.Module, inputs) -> int:
     """Multiply-adds of one forward pass (convolutions and matrix products; torch's counter
     reports 2 FLOPs per multiply-add). Pooling, resampling and elementwise merges are not
-    counted, as is usual for detection necks."""
+    counted, as is usual for detection necks.
+
+    A recursive neck (RFP) is counted with a stand-in for its second backbone pass that returns
+    the first pass's features: its own layers at every step (the neck ``steps`` times, the ASPP,
+    ``rfp_conv`` and gate), not the backbone's extra passes, which are backbone cost."""
     counter = FlopCounterMode(display=False)
     with counter:
-        module(inputs)
+        if isinstance(module, RecursiveNeck):
+            module(inputs, unchanged_backbone(inputs))
+        else:
+            module(inputs)
     return counter.get_total_flops() // 2
 
 

@@ -214,6 +214,10 @@ class SearchSpace:
                     raise SpaceError(f"{key} {_show(value)} is not among the space's options")
             elif value != getattr(fixed, key):
                 raise SpaceError(f"{key} {_show(value)} differs from the space's {_show(getattr(fixed, key))}")
+        if genotype.recursion != fixed.recursion:  # not a decision: every cell of a space has the template's
+            have = "none" if genotype.recursion is None else genotype.recursion.label()
+            raise SpaceError(f"recursion {have} differs from the space's "
+                             f"{'none' if fixed.recursion is None else fixed.recursion.label()}")
         n = len(genotype.nodes)
         if not self.min_nodes <= n <= self.max_nodes:
             raise SpaceError(f"{n} nodes; the space has {self.min_nodes} to {self.max_nodes}")

@@ -22,7 +22,8 @@ from .backbones import build_backbone, default_weights, weights_fingerprint
 from .pretrained import default_backbone_name
 from .cache import FeatureCache, build_caches, dataset_fingerprint, default_cache_root, ensure_room
 from .fsio import atomic_torch_save, atomic_write_text
-from .genotype import load_genotype
+from .genotype import Genotype, load_genotype
+from .recursion import cached_backbone_problem
 from .train import ProxyConfig, ProxyTask, precision_name, proxy_device, train_proxy
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,13 @@ def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig,
         "val_cache": str(task.val_cache.folder) if task.val_cache else None,
     }
     return task
+
+
+def task_problem(genotype: Genotype, backbone: BackboneConfig) -> str:
+    """Why ``genotype`` cannot be trained on a task prepared with ``backbone`` (empty when it can),
+    told before the task is prepared: a neck with ``recursion`` (RFP) runs the backbone again,
+    which a cached frozen backbone never does (see :func:`nasfpn.recursion.cached_backbone_problem`)."""
+    return cached_backbone_problem(genotype) if backbone.freeze and backbone.cache else ""
 
 
 def proxy_subset(dataset, count: Optional[int], seed: int):

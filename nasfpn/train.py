@@ -22,6 +22,7 @@ from .detectors import build_detector, detector_problem
 from .evaluate import METRICS, evaluate
 from .genotype import Genotype
 from .profile import count_macs, count_params
+from .recursion import cached_backbone_problem
 from .neck import example_inputs
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,10 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
         ``steps`` done, ``train_seconds``, ``eval_seconds``, ``seconds``, ``final_loss`` (the
         total: with ``config.aux_loss`` the weighted auxiliary loss too), ``precision`` and
         ``detector`` (``config.detector``).
+
+    Raises:
+        ValueError: a genotype with ``recursion`` on a task whose frozen backbone is cached
+            (:func:`nasfpn.task.task_problem` says so before a task is prepared).
     """
     start = time.perf_counter()
     if config.threads:
@@ -167,6 +172,9 @@ def train_proxy(genotype: Genotype, task: ProxyTask, config: ProxyConfig,
     torch.manual_seed(config.seed)
     device = proxy_device()
     cached = task.train_cache is not None
+    problem = cached_backbone_problem(genotype) if cached else ""
+    if problem:  # never another neck trained under its name
+        raise ValueError(problem)
     genotype = proxy_genotype(genotype, config)
     model = build_detector(config.detector, genotype, task.channels, task.num_classes, config.image_size,
                            backbone=None if cached else task.backbone, width=config.width,

@@ -5,7 +5,7 @@ import pytest
 import nasfpn
 from nasfpn import Genotype, GenotypeError, Node, load_genotype, reference_names
 
-REFERENCES = ["augfpn", "bifpn", "fpn", "nasfpn", "panet"]
+REFERENCES = ["augfpn", "bifpn", "fpn", "nasfpn", "panet", "rfp"]
 
 # The seven blocks of the NAS-FPN cell as Google lists them, with the paper's rule for unused
 # features as data (unused: sum) instead of the explicit nodes of search_spaces/nasfpn.yaml.

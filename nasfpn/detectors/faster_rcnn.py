@@ -27,6 +27,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 from ..genotype import Genotype
 from ..neck import Neck, build_neck
+from ..rfp import check_backbone, neck_pass
 from .common import Float32Anchors, MatchMemo, canvas, check_head
 from .roi import OUTPUT_SIZE, make_roi_extractor, pool_every_level
 
@@ -79,6 +80,7 @@ class FasterRCNNProxy(nn.Module):
         check_head(head_depth, aux_loss)
         self.backbone = backbone
         self.neck: Neck = build_neck(genotype, in_channels, width)
+        check_backbone(self.neck, backbone)  # one a recursive neck cannot feed back into is refused now
         self.image_size = image_size
         width = self.neck.out_channels
         levels = genotype.levels
@@ -126,13 +128,9 @@ class FasterRCNNProxy(nn.Module):
         and ``aux_loss_box_reg`` too, already weighted). Eval: detections per image (``boxes``
         xyxy in canvas pixels, ``scores``, ``labels`` in ``0..num_classes-1``). Arguments as
         :meth:`nasfpn.detector.ProxyDetector.forward`."""
-        if features is None:
-            features = self.features(images)
         supervise_laterals = self.training and self.aux_box_head is not None
-        if supervise_laterals:
-            outputs, laterals = self.neck.forward_with_laterals(features)
-        else:
-            outputs = self.neck(features)
+        # A recursive neck (RFP) runs the backbone again: neck_pass wires it.
+        outputs, laterals = neck_pass(self, images, features, supervise_laterals)
         images_seen = canvas(next(iter(outputs.values())), self.image_size)
         if self.training:
             if targets is None:

@@ -22,6 +22,7 @@ from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, 
 from ..detector import _NoBackbone
 from ..genotype import Genotype
 from ..neck import Neck, build_neck
+from ..rfp import check_backbone, neck_pass
 from .common import Float32Anchors, MatchMemo, canvas, check_head
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class FCOSProxy(nn.Module):
         check_head(head_depth, aux_loss)
         self.backbone = backbone
         self.neck: Neck = build_neck(genotype, in_channels, width)
+        check_backbone(self.neck, backbone)  # one a recursive neck cannot feed back into is refused now
         self.image_size = image_size
         levels = genotype.levels
         points = Float32Anchors(tuple((2 ** lv,) for lv in levels), ((1.0,),) * len(levels))
@@ -83,13 +85,9 @@ class FCOSProxy(nn.Module):
         ``aux_`` each with consistent supervision, already weighted). Eval: detections per image
         (``boxes`` xyxy in canvas pixels, ``scores``, ``labels``). Arguments as
         :meth:`nasfpn.detector.ProxyDetector.forward`."""
-        if features is None:
-            features = self.features(images)
         supervise_laterals = self.training and self.aux_head is not None
-        if supervise_laterals:
-            outputs, laterals = self.neck.forward_with_laterals(features)
-        else:
-            outputs = self.neck(features)
+        # A recursive neck (RFP) runs the backbone again: neck_pass wires it.
+        outputs, laterals = neck_pass(self, images, features, supervise_laterals)
         pyramid = list(outputs.values())
         # The head may compute in half precision; the losses, decoding and scores are in float32.
         head_outputs = {k: v.float() for k, v in self.fcos.head(pyramid).items()}

@@ -27,7 +27,7 @@ from ..detectors import TWO_STAGE
 from ..fsio import atomic_torch_save, atomic_write_text, read_json, read_yaml
 from ..genotype import load_genotype
 from ..space import load_space
-from ..task import DataConfig, prepare_task
+from ..task import DataConfig, prepare_task, task_problem
 from ..train import ProxyConfig, precision_name, proxy_device, proxy_genotype
 from .config import SearchConfig, search_config
 from .confirm import confirm_proxy, plan, recipe_name
@@ -71,7 +71,12 @@ def run_search(config: Optional[SearchConfig], out: str | Path, *, resume: bool 
     space = load_space(config.space)          # bad names fail here, before anything is written
     controller = _controller(config, space)
     for name in config.search.baselines:
-        load_genotype(name)
+        problem = task_problem(load_genotype(name), config.backbone)
+        if problem:  # a neck with recursion (RFP) on a cached backbone: refused before anything is written
+            raise ValueError(f"search.baselines: {problem}")
+    problem = task_problem(space.template, config.backbone)
+    if problem:
+        raise ValueError(f"space {config.space!r}: its cells have recursion: {problem}")
     check_address(config.ray.address)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
