@@ -102,6 +102,12 @@ def analyse(ledger: Ledger, necks: List[str], recipes: Dict[str, str]) -> dict:
     result["kendall_tau_interval"] = stats.bootstrap_interval(xs, ys, stats.kendall_tau)
     result["spearman_rho"] = stats.spearman_rho(xs, ys)
     result["spearman_rho_interval"] = stats.bootstrap_interval(xs, ys, stats.spearman_rho)
+    # What a confirmation of the proxy's finalists sees: how many of the long recipe's best five
+    # are among the proxy's best five, and where the long recipe's winner ranks on the proxy.
+    by_proxy = sorted(both, key=lambda h: -mean[short][h])
+    by_long = sorted(both, key=lambda h: -mean[long][h])
+    result["top5_overlap"] = len(set(by_proxy[:5]) & set(by_long[:5])) if len(both) >= 5 else None
+    result["long_winner_proxy_rank"] = by_proxy.index(by_long[0]) + 1 if both else None
     refs = {h for h, n in names.items() if n in REFERENCES}
     for name, recipe in recipes.items():
         groups = [[x.ap for x in seeds.values()] for seeds in by[recipe].values()]
@@ -142,6 +148,9 @@ def show(result: dict, names: List[str]) -> None:
     print(f"\nKendall tau proxy vs long: {result['kendall_tau']:+.3f} (95% bootstrap {lo:+.3f} to {hi:+.3f}); "
           f"Spearman rho {result['spearman_rho']:+.3f} ({result['spearman_rho_interval'][0]:+.3f} to "
           f"{result['spearman_rho_interval'][1]:+.3f}); target tau >= 0.8")
+    if result["top5_overlap"] is not None:
+        print(f"the long recipe's best 5 among the proxy's best 5: {result['top5_overlap']} of 5; its winner is "
+              f"#{result['long_winner_proxy_rank']} on the proxy")
     for steps, r in result["rungs"].items():
         print(f"AP at {steps} steps vs final proxy AP: Kendall tau {r['kendall_tau']:+.3f}, Spearman rho "
               f"{r['spearman_rho']:+.3f} over {r['runs']} runs")
