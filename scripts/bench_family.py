@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Dict
 
 from nasfpn import Genotype, load_genotype
+from nasfpn.search import stats
 from nasfpn.search.config import search_config
 from nasfpn.search.confirm import recipe_name
 from nasfpn.search.driver import recipe_text
@@ -70,19 +71,31 @@ def run_group(name: str, group: dict, seeds: int, out: Path, report_only: bool) 
         task = prepare_task(config.data, config.backbone, config.proxy)
         ledger = neck_bench.train_necks(config, task, folder, group["necks"], seeds, recipe, name)
     result = neck_bench.analyse(ledger, names, recipe)
+    runs: Dict[str, Dict[int, object]] = {}  # per neck: seed -> record, for its own cost and pairing
+    for record in ledger:
+        c = record.candidate
+        if record.status == "ok" and c.trained_hash in names and c.recipe == recipe:
+            runs.setdefault(names[c.trained_hash], {})[c.seed] = record
+    for neck, row in result["necks"].items():
+        row["seconds_per_run"] = round(sum(r.seconds for r in runs[neck].values()) / len(runs[neck]), 1)
+        row["by_seed"] = {seed: r.ap for seed, r in runs[neck].items()}
     result.update(recipe=recipe_text(config.proxy, config), backbone=config.backbone.name,
                   cached=config.backbone.cache)
     return result
 
 
 def show(results: Dict[str, dict]) -> None:
-    print(f"\n{'neck':30s} {'backbone':28s} {'features':9s} {'AP mean [per seed]':28s} {'vs FPN':>8s} {'s/run':>6s}")
+    print(f"\n{'neck':30s} {'backbone':28s} {'features':9s} {'AP mean [per seed]':28s} "
+          f"{'vs FPN, paired by seed [95%]':32s} {'s/run':>6s}")
     for name, result in results.items():
         fpn = results[groups()[name].get("compare", name)]["necks"].get("fpn")
         for neck, row in result["necks"].items():
-            diff = f"{row['mean'] - fpn['mean']:+.3f}" if fpn and neck != "fpn" else ""
+            diff = ""
+            if fpn and neck != "fpn":
+                d = row["vs_fpn"] = stats.paired_difference(row["by_seed"], fpn["by_seed"])
+                diff = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
             print(f"{neck:30s} {result['backbone']:28s} {'cached' if result['cached'] else 'executed':9s} "
-                  f"{row['mean']:.3f} {str(row['aps']):22s} {diff:>8s} {result['seconds_per_run'] or 0:6.0f}")
+                  f"{row['mean']:.3f} {str(row['aps']):22s} {diff:32s} {row['seconds_per_run']:6.0f}")
     for name, result in results.items():
         print(f"{name}: {result['recipe']}; seed std {result['seed_std']:.4f}")
 
