@@ -12,9 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from .genotype import Genotype, GenotypeError
+from .made_from_calls import MadeFromCalls
 from .ops import downsample, upsample
 from .rfp import RecursiveNeck
-from .vocabulary import COMBINES, DOWNSAMPLES, EXTRA_OPS, LATERALS, OPS, Layer, adapter
+from .vocabulary import COMBINES, DOWNSAMPLES, EXTRA_OPS, LATERALS, OPS, adapter
 
 
 def build_neck(genotype: Genotype, in_channels: Mapping[int, int] | Sequence[int],
@@ -45,23 +46,7 @@ def build_neck(genotype: Genotype, in_channels: Mapping[int, int] | Sequence[int
     return Neck(genotype, in_channels, width)
 
 
-class _MadeFromCalls(nn.Module):
-    """A module whose learned layers are made from vocabulary calls. ``calls`` keeps each call by
-    the layer's path, in the order made: the exporter writes exactly these."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Dict[str, Layer] = {}
-
-    def add_layer(self, path: str, call: Layer) -> nn.Module:
-        parent, _, name = path.rpartition(".")
-        module = call.make()
-        self.get_submodule(parent).add_module(name, module)
-        self.calls[path] = call
-        return module
-
-
-class MergeNode(_MadeFromCalls):
+class MergeNode(MadeFromCalls):
     """One node: resample every input to the node's level, merge, apply the op.
 
     Holds its learned parts under the names the exporter uses: ``lat{j}`` (a first-cell channel
@@ -119,7 +104,7 @@ class MergeNode(_MadeFromCalls):
         return out if self.op is None else self.op(out)
 
 
-class Cell(_MadeFromCalls):
+class Cell(MadeFromCalls):
     """One repeat of the cell: its live nodes, in genotype order, named ``n{i}``. It takes the
     cell inputs followed by the raw backbone features its nodes read (:func:`raw_levels`)."""
 
@@ -151,7 +136,7 @@ class Cell(_MadeFromCalls):
                 for adapter_name, name in zip(self.output_adapters, self.outputs)]
 
 
-class Neck(_MadeFromCalls):
+class Neck(MadeFromCalls):
     """The neck of a genotype: laterals, extra levels, ``repeats`` cells. See :func:`build_neck`."""
 
     def __init__(self, genotype: Genotype, in_channels: Mapping[int, int] | Sequence[int],

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from .genotype import Genotype, GenotypeError
-from .vocabulary import Layer, layer
+from .made_from_calls import MadeFromCalls
+from .vocabulary import layer
 
 if TYPE_CHECKING:
     from .neck import Neck  # annotations only: nasfpn.neck's build_neck makes this module's neck
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 Rerun = Callable[[Dict[str, Tensor]], Dict[str, Tensor]]
 
 
-class RecursiveNeck(nn.Module):
+class RecursiveNeck(MadeFromCalls):
     """The neck of a genotype with ``recursion`` (see the module docstring and
     :mod:`nasfpn.recursion`), made by :func:`nasfpn.build_neck`. Parts: ``neck`` (the pyramid,
     shared by every step), ``aspp``, ``rfp_conv.p{level}`` (ASPP channels -> the backbone
@@ -56,7 +57,6 @@ class RecursiveNeck(nn.Module):
             raise ValueError("neck: not the neck of this genotype without its recursion; use nasfpn.build_neck")
         if not isinstance(in_channels, Mapping):
             in_channels = dict(zip(genotype.backbone_levels, in_channels))
-        self.calls: Dict[str, Layer] = {}
         self.genotype = genotype
         self.recursion = rec = genotype.recursion
         self.neck = neck
@@ -69,14 +69,6 @@ class RecursiveNeck(nn.Module):
         self.add_layer("gate", layer("ZeroConv2d", width, 1))
         self.fed_levels: List[int] = list(rec.levels)
         self.steps = rec.steps
-
-    def add_layer(self, path: str, call: Layer) -> nn.Module:
-        """Make a vocabulary call's layer at ``path`` and keep the call (as a Neck does)."""
-        parent, _, name = path.rpartition(".")
-        module = call.make()
-        self.get_submodule(parent).add_module(name, module)
-        self.calls[path] = call
-        return module
 
     @property
     def pre_fusion_levels(self) -> List[int]:
