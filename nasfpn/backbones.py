@@ -24,11 +24,11 @@ from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from . import pretrained
 from .ops import feedback_graph
+from .pretrained import IMAGENET_MEAN, IMAGENET_STD, BackboneError  # noqa: F401  (their home for users)
 
 log = logging.getLogger(__name__)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Return nodes of the models we know by name; any other torchvision model needs them given.
 KNOWN_RETURN_NODES: dict[str, tuple[str, ...]] = {
@@ -40,10 +40,6 @@ KNOWN_RETURN_NODES: dict[str, tuple[str, ...]] = {
     "mobilenet_v3_small": ("features.3", "features.8", "features.12"),
     "efficientnet_b0": ("features.3", "features.5", "features.7"),
 }
-
-
-class BackboneError(ValueError):
-    """A backbone that cannot be built as asked (the message names the setting)."""
 
 
 class Backbone(nn.Module):
@@ -137,8 +133,6 @@ def build_backbone(name: str, *, weights: str | Path | None = None, return_nodes
         BackboneError: unknown model, bad return nodes, weights that do not fit, or a timm
             backbone without timm installed.
     """
-    from . import pretrained
-
     parts = _timm_parts(name, return_nodes) if pretrained.is_timm(name) else _torchvision_parts(name, return_nodes)
     weights = weights if weights is not None else default_weights(name)
     model = parts.freeze(parts.model) if freeze else parts.model
@@ -163,8 +157,6 @@ def build_backbone(name: str, *, weights: str | Path | None = None, return_nodes
 def default_weights(name: str) -> Path | None:
     """The weights a backbone has without a ``weights`` file: a named pretrained backbone's
     packaged ImageNet weights; None (random) for every other."""
-    from . import pretrained
-
     return pretrained.packaged_weights(name) if name in pretrained.PACKAGED else None
 
 
@@ -253,12 +245,11 @@ def _torchvision_parts(name: str, return_nodes: Sequence[str] | None) -> _Parts:
 
 
 def _timm_parts(name: str, return_nodes: Sequence[str] | None) -> _Parts:
-    from . import pretrained as pt
-
-    model = pt.create_timm(name)
-    mean, std = pt.normalisation(model)
-    nodes = tuple(return_nodes) if return_nodes else pt.level_nodes(model)
-    return _Parts(model, nodes, mean, std, pt.freeze_batchnorm, pt.feature_extractor, pt.converter(name, model))
+    model = pretrained.create_timm(name)
+    mean, std = pretrained.normalisation(model)
+    nodes = tuple(return_nodes) if return_nodes else pretrained.level_nodes(model)
+    return _Parts(model, nodes, mean, std, pretrained.freeze_batchnorm, pretrained.feature_extractor,
+                  pretrained.converter(name, model))
 
 
 def _model(name: str) -> nn.Module:

@@ -28,11 +28,16 @@ from typing import Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from .backbones import BackboneError
-
 TIMM_PREFIX = "timm:"
 INSTALL_HINT = "pip install 'nasfpn[pretrained]' (or pip install timm)"
 LEVEL_STRIDES = (8, 16, 32)  # C3..C5
+# Defined here, below nasfpn.backbones, which imports this module (and re-exports both).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be built as asked (the message names the setting)."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,6 @@ def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
     """The mean and std the model's weights were trained with (its own pretrained config)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if "mean" not in cfg or "std" not in cfg:  # a model without a config: ImageNet's, as torchvision's
-        from .backbones import IMAGENET_MEAN, IMAGENET_STD
         return IMAGENET_MEAN, IMAGENET_STD
     return tuple(cfg["mean"]), tuple(cfg["std"])
 
