@@ -38,7 +38,36 @@ class _NoBackbone(nn.Module):
         self.out_channels = out_channels
 
 
-class ProxyDetector(nn.Module):
+class NeckDetector(nn.Module):
+    """What every proxy detector (RetinaNet here, FCOS and Faster R-CNN in
+    :mod:`nasfpn.detectors`) starts with, in this order (the order of random initialisation): its
+    head arguments checked, the backbone (None when features always come from the cache), the
+    neck built from the genotype, and the letterboxed image size."""
+
+    def __init__(self, genotype: Genotype, in_channels: Mapping[int, int], image_size: int, *,
+                 backbone: nn.Module | None, width: int | None, head_depth: int, aux_loss: float):
+        super().__init__()
+        if not 0 <= head_depth <= 4:
+            raise ValueError(f"head_depth must be 0..4 (torchvision's heads have 4 layers), got {head_depth}")
+        if isinstance(aux_loss, bool) or not isinstance(aux_loss, (int, float)) or not 0 <= aux_loss < math.inf:
+            raise ValueError(f"aux_loss must be a finite number >= 0 (0: off), got {aux_loss!r}")
+        self.backbone = backbone
+        self.neck: Neck = build_neck(genotype, in_channels, width)
+        check_backbone(self.neck, backbone)  # one a recursive neck cannot feed back into is refused now
+        self.image_size = image_size
+
+    def features(self, images: Tensor) -> Dict[str, Tensor]:
+        if self.backbone is None:
+            raise RuntimeError("this proxy has no backbone: pass cached features")
+        return self.backbone(images)
+
+    def warn_no_aux_levels(self, aux_loss: float, genotype: Genotype, why: str) -> None:
+        """Consistent supervision asked for, with nothing to supervise (``why``)."""
+        log.warning("aux_loss %g: the neck %s %s; no auxiliary loss", aux_loss,
+                    genotype.name or genotype.hash()[:12], why)
+
+
+class ProxyDetector(NeckDetector):
     """A small RetinaNet whose neck is built from a genotype.
 
     Args:
@@ -78,15 +107,8 @@ class ProxyDetector(nn.Module):
                  backbone: nn.Module | None = None, width: int | None = None, head_depth: int = 4,
                  anchor_scale: float = 4.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
                  detections_per_img: int = 100, remember_matches: bool = True, aux_loss: float = 0.0):
-        super().__init__()
-        if not 0 <= head_depth <= 4:
-            raise ValueError(f"head_depth must be 0..4 (torchvision's head has 4 layers), got {head_depth}")
-        if isinstance(aux_loss, bool) or not isinstance(aux_loss, (int, float)) or not 0 <= aux_loss < math.inf:
-            raise ValueError(f"aux_loss must be a finite number >= 0 (0: off), got {aux_loss!r}")
-        self.backbone = backbone
-        self.neck: Neck = build_neck(genotype, in_channels, width)
-        check_backbone(self.neck, backbone)  # one a recursive neck cannot feed back into is refused now
-        self.image_size = image_size
+        super().__init__(genotype, in_channels, image_size, backbone=backbone, width=width, head_depth=head_depth,
+                         aux_loss=aux_loss)
         levels = genotype.levels
         sizes = tuple(tuple(anchor_scale * 2 ** lv * 2 ** (k / 3) for k in range(3)) for lv in levels)
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(levels))
@@ -105,8 +127,7 @@ class ProxyDetector(nn.Module):
         self.aux_head = _retinanet_head(self.neck.out_channels, anchors.num_anchors_per_location()[0], num_classes,
                                         head_depth) if self.aux_levels else None
         if aux_loss and not self.aux_levels:
-            log.warning("aux_loss %g: the neck %s makes no feature at its width before fusion; no auxiliary loss",
-                        aux_loss, genotype.name or genotype.hash()[:12])
+            self.warn_no_aux_levels(aux_loss, genotype, "makes no feature at its width before fusion")
 
     def _matched_anchors(self, boxes: Tensor, anchors: Tensor) -> Tensor:
         """RetinaNet's anchor-to-box matching (torchvision's IoU and Matcher, as in its
@@ -125,11 +146,6 @@ class ProxyDetector(nn.Module):
             self._matches[key] = matched.to(torch.int16)  # -2, -1 or a box index: small
             self._matches_bytes += 2 * matched.numel()
         return matched
-
-    def features(self, images: Tensor) -> "Dict[str, Tensor]":
-        if self.backbone is None:
-            raise RuntimeError("this proxy has no backbone: pass cached features")
-        return self.backbone(images)
 
     def forward(self, images: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None,
                 features: Optional[Dict[str, Tensor]] = None):

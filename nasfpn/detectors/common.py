@@ -1,9 +1,8 @@
-"""What the FCOS and Faster R-CNN proxies share with the RetinaNet one (:mod:`nasfpn.detector`):
-checks of their common arguments, anchors kept in float32 under autocast, the canvas torchvision's
+"""What the FCOS and Faster R-CNN proxies share beyond :class:`nasfpn.detector.NeckDetector`:
+anchors kept in float32 under autocast, the canvas torchvision's
 parts are told about, and the per-image match memory."""
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -12,15 +11,6 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
 from ..detector import MATCH_MEMORY
-
-
-def check_head(head_depth: int, aux_loss: float) -> None:
-    """The arguments every proxy detector takes, refused as :class:`~nasfpn.detector.ProxyDetector`
-    refuses them."""
-    if not 0 <= head_depth <= 4:
-        raise ValueError(f"head_depth must be 0..4 (torchvision's heads have 4 layers), got {head_depth}")
-    if isinstance(aux_loss, bool) or not isinstance(aux_loss, (int, float)) or not 0 <= aux_loss < math.inf:
-        raise ValueError(f"aux_loss must be a finite number >= 0 (0: off), got {aux_loss!r}")
 
 
 class Float32Anchors(AnchorGenerator):

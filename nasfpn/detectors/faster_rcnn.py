@@ -16,7 +16,6 @@ background as class 0, so targets go in shifted by one and detections come out s
 """
 from __future__ import annotations
 
-import logging
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -25,13 +24,12 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
+from ..detector import NeckDetector
 from ..genotype import Genotype
-from ..neck import Neck, build_neck
-from ..rfp import check_backbone, neck_pass
-from .common import Float32Anchors, MatchMemo, canvas, check_head
+from ..rfp import neck_pass
+from .common import Float32Anchors, MatchMemo, canvas
 from .roi import OUTPUT_SIZE, make_roi_extractor, pool_every_level
 
-log = logging.getLogger(__name__)
 
 # The proxy's sizes, small for a CPU (torchvision's for 800-pixel COCO images in brackets): RPN
 # proposals kept per level before NMS 600 training / 300 testing (2000 / 1000), after NMS 300 /
@@ -45,7 +43,7 @@ ROIS_PER_IMAGE = 128
 REPRESENTATION = 4  # x the width
 
 
-class FasterRCNNProxy(nn.Module):
+class FasterRCNNProxy(NeckDetector):
     """A small Faster R-CNN whose neck is built from a genotype.
 
     Args:
@@ -76,12 +74,8 @@ class FasterRCNNProxy(nn.Module):
                  anchor_scale: float = 4.0, roi_extractor: str = "level", score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, remember_matches: bool = True,
                  aux_loss: float = 0.0):
-        super().__init__()
-        check_head(head_depth, aux_loss)
-        self.backbone = backbone
-        self.neck: Neck = build_neck(genotype, in_channels, width)
-        check_backbone(self.neck, backbone)  # one a recursive neck cannot feed back into is refused now
-        self.image_size = image_size
+        super().__init__(genotype, in_channels, image_size, backbone=backbone, width=width, head_depth=head_depth,
+                         aux_loss=aux_loss)
         width = self.neck.out_channels
         levels = genotype.levels
         self.roi_levels = [lv for lv in levels if lv in genotype.backbone_levels]
@@ -105,8 +99,8 @@ class FasterRCNNProxy(nn.Module):
             self.aux_box_head = TwoMLPHead(width * OUTPUT_SIZE ** 2, representation)
             self.aux_box_predictor = FastRCNNPredictor(representation, num_classes + 1)
         elif aux_loss:
-            log.warning("aux_loss %g: the neck %s has no lateral at its width on the RoI levels %s; no auxiliary "
-                        "loss", aux_loss, genotype.name or genotype.hash()[:12], self.roi_levels)
+            self.warn_no_aux_levels(aux_loss, genotype,
+                                    f"has no lateral at its width on the RoI levels {self.roi_levels}")
 
     @property
     def remember_matches(self) -> bool:
@@ -115,11 +109,6 @@ class FasterRCNNProxy(nn.Module):
     @remember_matches.setter
     def remember_matches(self, value: bool) -> None:
         self.rpn.matches.enabled = value
-
-    def features(self, images: Tensor) -> Dict[str, Tensor]:
-        if self.backbone is None:
-            raise RuntimeError("this proxy has no backbone: pass cached features")
-        return self.backbone(images)
 
     def forward(self, images: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None,
                 features: Optional[Dict[str, Tensor]] = None):

@@ -8,7 +8,6 @@ level), the focal, GIoU and centre-ness losses, decoding and NMS.
 """
 from __future__ import annotations
 
-import logging
 import math
 from functools import partial
 from types import SimpleNamespace
@@ -19,16 +18,13 @@ from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 
-from ..detector import _NoBackbone
+from ..detector import NeckDetector, _NoBackbone
 from ..genotype import Genotype
-from ..neck import Neck, build_neck
-from ..rfp import check_backbone, neck_pass
-from .common import Float32Anchors, MatchMemo, canvas, check_head
-
-log = logging.getLogger(__name__)
+from ..rfp import neck_pass
+from .common import Float32Anchors, MatchMemo, canvas
 
 
-class FCOSProxy(nn.Module):
+class FCOSProxy(NeckDetector):
     """A small FCOS whose neck is built from a genotype; every output level P3..P7 is a level of
     FCOS's points, as in FCOS itself.
 
@@ -53,12 +49,8 @@ class FCOSProxy(nn.Module):
                  backbone: nn.Module | None = None, width: int | None = None, head_depth: int = 4,
                  score_thresh: float = 0.05, nms_thresh: float = 0.6, detections_per_img: int = 100,
                  remember_matches: bool = True, aux_loss: float = 0.0):
-        super().__init__()
-        check_head(head_depth, aux_loss)
-        self.backbone = backbone
-        self.neck: Neck = build_neck(genotype, in_channels, width)
-        check_backbone(self.neck, backbone)  # one a recursive neck cannot feed back into is refused now
-        self.image_size = image_size
+        super().__init__(genotype, in_channels, image_size, backbone=backbone, width=width, head_depth=head_depth,
+                         aux_loss=aux_loss)
         levels = genotype.levels
         points = Float32Anchors(tuple((2 ** lv,) for lv in levels), ((1.0,),) * len(levels))
         width = self.neck.out_channels
@@ -71,13 +63,7 @@ class FCOSProxy(nn.Module):
         self.aux_levels = self.neck.pre_fusion_levels if aux_loss else []
         self.aux_head = fcos_head(width, num_classes, head_depth) if self.aux_levels else None
         if aux_loss and not self.aux_levels:
-            log.warning("aux_loss %g: the neck %s makes no feature at its width before fusion; no auxiliary loss",
-                        aux_loss, genotype.name or genotype.hash()[:12])
-
-    def features(self, images: Tensor) -> Dict[str, Tensor]:
-        if self.backbone is None:
-            raise RuntimeError("this proxy has no backbone: pass cached features")
-        return self.backbone(images)
+            self.warn_no_aux_levels(aux_loss, genotype, "makes no feature at its width before fusion")
 
     def forward(self, images: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None,
                 features: Optional[Dict[str, Tensor]] = None):
