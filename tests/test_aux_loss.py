@@ -10,10 +10,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 
 from nasfpn import load_genotype
-from nasfpn.backbones import build_backbone
-from nasfpn.cache import FeatureCache
 from nasfpn.cli import _parser, flag_values, main
-from nasfpn.data import DetectionDataset, split_ids, synthetic_dataset
 from nasfpn.detector import ProxyDetector
 from nasfpn.neck import build_neck, example_inputs
 from nasfpn.profile import count_params
@@ -26,16 +23,8 @@ PRE_FUSION = {"fpn": [3, 4, 5], "panet": [3, 4, 5], "nasfpn": [3, 4, 5, 6, 7], "
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    ann, images = synthetic_dataset(root, num_images=12, image_size=128, seed=5)
-    everything = DetectionDataset(ann, images, 128)
-    train_ids, val_ids = split_ids(everything.image_ids, 0.25, 0)
-    train = DetectionDataset(everything.coco, images, 128, image_ids=train_ids)
-    val = DetectionDataset(everything.coco, images, 128, image_ids=val_ids)
-    backbone = build_backbone("resnet18", probe_size=128)
-    return ProxyTask(train, val, backbone, train_cache=FeatureCache.build(backbone, train, root, flips=(False, True)),
-                     val_cache=FeatureCache.build(backbone, val, root, flips=(False,)))
+def task(tiny_task):
+    return tiny_task(seed=5)
 
 
 def _detector(task, name, aux_loss, seed=0):

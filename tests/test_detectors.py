@@ -12,10 +12,7 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import roi_align
 
 from nasfpn import load_genotype
-from nasfpn.backbones import build_backbone
-from nasfpn.cache import FeatureCache
 from nasfpn.cli import _parser, flag_values, main
-from nasfpn.data import DetectionDataset, split_ids, synthetic_dataset
 from nasfpn.detectors import DETECTORS, FasterRCNNProxy, FCOSProxy, SoftRoISelection, build_detector
 from nasfpn.evaluate import coco_detections
 from nasfpn.neck import build_neck
@@ -36,16 +33,8 @@ def _id(kind):
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    ann, images = synthetic_dataset(root, num_images=12, image_size=128, seed=7)
-    everything = DetectionDataset(ann, images, 128)
-    train_ids, val_ids = split_ids(everything.image_ids, 0.25, 0)
-    train = DetectionDataset(everything.coco, images, 128, image_ids=train_ids)
-    val = DetectionDataset(everything.coco, images, 128, image_ids=val_ids)
-    backbone = build_backbone("resnet18", probe_size=128)
-    return ProxyTask(train, val, backbone, train_cache=FeatureCache.build(backbone, train, root, flips=(False, True)),
-                     val_cache=FeatureCache.build(backbone, val, root, flips=(False,)))
+def task(tiny_task):
+    return tiny_task(seed=7)
 
 
 def _detector(task, kind, genotype="fpn", aux_loss=0.0, seed=0):
