@@ -174,7 +174,8 @@ def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-data", type=Path, metavar="ANN.json", help="a separate validation split "
                    "(default: a deterministic split of --data)")
     p.add_argument("--val-images", type=Path, metavar="DIR")
-    p.add_argument("--backbone", help="torchvision model name or package.module:attr (default resnet18)")
+    p.add_argument("--backbone", help="a torchvision model name, timm:NAME or package.module:attr (default: "
+                   "efficientnet_lite0_imagenet with the pretrained extra installed, else resnet18 warmed up)")
     p.add_argument("--backbone-weights", type=Path, metavar="FILE", help="local state dict of the backbone")
     p.add_argument("--return-nodes", help="comma-separated graph nodes of C3,C4,C5 (models not known by name)")
     p.add_argument("--no-freeze", action="store_true", help="train the backbone too (no feature cache)")

@@ -147,8 +147,22 @@ def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig,
 def task_problem(genotype: Genotype, backbone: BackboneConfig) -> str:
     """Why ``genotype`` cannot be trained on a task prepared with ``backbone`` (empty when it can),
     told before the task is prepared: a neck with ``recursion`` (RFP) runs the backbone again,
-    which a cached frozen backbone never does (see :func:`nasfpn.recursion.cached_backbone_problem`)."""
-    return cached_backbone_problem(genotype) if backbone.freeze and backbone.cache else ""
+    which a cached frozen backbone never does (see :func:`nasfpn.recursion.cached_backbone_problem`),
+    and feeds back into it, which only a torchvision ResNet takes: the backbone is built now to
+    ask it (a second), not after a preparation that may take minutes."""
+    if genotype.recursion is None:
+        return ""
+    if backbone.freeze and backbone.cache:
+        return cached_backbone_problem(genotype)
+    from .backbones import BackboneError
+
+    try:
+        built = build_backbone(backbone.name, weights=backbone.weights, return_nodes=backbone.return_nodes,
+                               freeze=backbone.freeze, probe_size=64)
+        built.feedback_body(genotype.recursion.levels)
+    except BackboneError as err:
+        return f"genotype {genotype.name or genotype.hash()[:12]!r}: {err}"
+    return ""
 
 
 def proxy_subset(dataset, count: Optional[int], seed: int):

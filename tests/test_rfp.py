@@ -296,6 +296,17 @@ def test_train_and_search_refuse_before_preparing_anything(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_backbone_without_feedback_is_refused_before_preparing_anything(tmp_path, capsys):
+    """Not cached, but a backbone RFP cannot feed back into: said before the data and the
+    backbone are prepared (a warm-up can take minutes), with the backbones that work."""
+    problem = task_problem(load_genotype("rfp"), BackboneConfig(name="mobilenet_v3_small", cache=False))
+    assert "genotype 'RFP'" in problem and "torchvision ResNets" in problem
+    assert main(["train", "--genotype", "rfp", "--backbone", "mobilenet_v3_small", "--no-cache",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "torchvision ResNets (resnet18" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
 def test_backbones_it_cannot_feed_back_into_are_refused_by_name():
     mobile = build_backbone("mobilenet_v3_small", freeze=True, probe_size=128)
     with pytest.raises(BackboneError, match="backbone 'mobilenet_v3_small': recursion .* torchvision ResNets"):
