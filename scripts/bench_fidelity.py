@@ -17,7 +17,7 @@ ASHA rungs, 200 and 400 steps) with its final AP.
 same reference: the reference stays ``--factor`` times the search's default steps, so its runs are
 shared by every proxy measured in one folder, and the ledger keys each recipe by what differs.
 
-    python scripts/bench_fidelity.py [--data builtin|bccd] [--necks 21] [--seeds 2] [--factor 4] [--proxy YAML]
+    python scripts/bench_fidelity.py [--data builtin|bccd] [--necks 21] [--seeds 2] [--long-seeds N] [--factor 4] [--proxy YAML]
                                      [--out runs/fidelity-builtin] [--json bench_fidelity.json] [--report-only]
 """
 from __future__ import annotations
@@ -115,8 +115,13 @@ def analyse(ledger: Ledger, necks: List[str], recipes: Dict[str, str]) -> dict:
         means = list(mean[recipe].values())
         ref_means = [mean[recipe][h] for h in refs if h in mean[recipe]]
         runs = [x for seeds in by[recipe].values() for x in seeds.values()]
+        # How well the recipe agrees with itself: its seed 0 ranking against its seed 1 ranking
+        # (a ceiling on any tau measured against it).
+        paired = [seeds for seeds in by[recipe].values() if 0 in seeds and 1 in seeds]
+        seed_tau = stats.kendall_tau([s[0].ap for s in paired], [s[1].ap for s in paired]) if len(paired) >= 3 else None
         result[name] = {
-            "recipe": recipe, "runs": len(runs), "seed_std": seed_std,
+            "recipe": recipe, "runs": len(runs), "seed_std": seed_std, "seed_tau": seed_tau,
+            "mean_ap": statistics.mean(means) if means else None,
             "spread_across_necks": (max(means) - min(means)) if means else None,
             "spread_in_seed_stds": stats.spread_in_seed_stds(means, seed_std) if means else None,
             "reference_spread_in_seed_stds": stats.spread_in_seed_stds(ref_means, seed_std) if ref_means else None,
@@ -141,7 +146,8 @@ def show(result: dict, names: List[str]) -> None:
         r = result[name]
         print(f"\n{name} recipe {r['recipe']}: {r['runs']} runs, {r['seconds_per_run'] or 0:.0f} s/run; seed std "
               f"{r['seed_std']:.4f}; spread across necks {r['spread_across_necks'] or 0:.3f} = "
-              f"{r['spread_in_seed_stds'] or 0:.1f} seed stds (references: {r['reference_spread_in_seed_stds'] or 0:.1f})")
+              f"{r['spread_in_seed_stds'] or 0:.1f} seed stds (references: {r['reference_spread_in_seed_stds'] or 0:.1f}); "
+              f"mean AP {r['mean_ap'] or 0:.3f}" + (f"; tau seed 0 vs seed 1 {r['seed_tau']:+.3f}" if r["seed_tau"] is not None else ""))
         for neck, mean_ap, aps in r["ranking"]:
             print(f"  {neck:14s} {mean_ap:.3f}  {aps}")
     lo, hi = result["kendall_tau_interval"]
@@ -161,6 +167,8 @@ def main() -> None:
     parser.add_argument("--data", default="builtin", choices=["builtin", "bccd"])
     parser.add_argument("--necks", type=int, default=21)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--long-seeds", type=int, default=None,
+                        help="seeds of the longer recipe (default --seeds): its runs cost --factor times more")
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--proxy", default="{}", help="YAML overrides of the proxy recipe under test")
@@ -191,9 +199,10 @@ def main() -> None:
         known.update({recipes["proxy"]: recipe_text(proxy, config), recipes["long"]: recipe_text(long, config)})
         atomic_write_text(experiment, json.dumps({"necks": list(chosen), "recipes": known}, indent=1))
         phases = []
+        seeds = {"proxy": args.seeds, "long": args.seeds if args.long_seeds is None else args.long_seeds}
         for name, recipe_proxy in (("proxy", proxy), ("long", long)):
             planned = [Candidate.of(g, recipe_proxy, seed=s, recipe=recipes[name], baseline=n, stage="confirm")
-                       for s in range(args.seeds) for n, g in chosen.items()]
+                       for s in range(seeds[name]) for n, g in chosen.items()]
             pipeline = Pipeline([Confirmation(lambda led, planned=planned: planned, ledger)], ledger)
             done = lambda planned=planned: sum(ledger.find(c.key, full=True) is not None for c in planned)  # noqa: E731
             phases.append(Phase(name, pipeline, lambda n=len(planned): n, done))
@@ -203,6 +212,7 @@ def main() -> None:
             print(f"interrupted: run this script again to continue in {out}")
     result = analyse(ledger, list(chosen), recipes)
     result.update(machine=platform.processor() or platform.machine(), data=args.data, seeds=args.seeds,
+                  long_seeds=args.seeds if args.long_seeds is None else args.long_seeds,
                   factor=args.factor, proxy_overrides=overrides, necks=list(chosen), folder=str(out))
     show(result, list(chosen))
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))
