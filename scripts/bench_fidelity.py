@@ -118,9 +118,11 @@ def analyse(ledger: Ledger, necks: List[str], recipes: Dict[str, str]) -> dict:
         # How well the recipe agrees with itself: its seed 0 ranking against its seed 1 ranking
         # (a ceiling on any tau measured against it).
         paired = [seeds for seeds in by[recipe].values() if 0 in seeds and 1 in seeds]
-        seed_tau = stats.kendall_tau([s[0].ap for s in paired], [s[1].ap for s in paired]) if len(paired) >= 3 else None
+        firsts, seconds = [s[0].ap for s in paired], [s[1].ap for s in paired]
+        seed_tau = stats.kendall_tau(firsts, seconds) if len(paired) >= 3 else None
         result[name] = {
             "recipe": recipe, "runs": len(runs), "seed_std": seed_std, "seed_tau": seed_tau,
+            "seed_tau_interval": stats.bootstrap_interval(firsts, seconds, stats.kendall_tau) if seed_tau else None,
             "mean_ap": statistics.mean(means) if means else None,
             "spread_across_necks": (max(means) - min(means)) if means else None,
             "spread_in_seed_stds": stats.spread_in_seed_stds(means, seed_std) if means else None,
@@ -147,7 +149,8 @@ def show(result: dict, names: List[str]) -> None:
         print(f"\n{name} recipe {r['recipe']}: {r['runs']} runs, {r['seconds_per_run'] or 0:.0f} s/run; seed std "
               f"{r['seed_std']:.4f}; spread across necks {r['spread_across_necks'] or 0:.3f} = "
               f"{r['spread_in_seed_stds'] or 0:.1f} seed stds (references: {r['reference_spread_in_seed_stds'] or 0:.1f}); "
-              f"mean AP {r['mean_ap'] or 0:.3f}" + (f"; tau seed 0 vs seed 1 {r['seed_tau']:+.3f}" if r["seed_tau"] is not None else ""))
+              f"mean AP {r['mean_ap'] or 0:.3f}" + (f"; tau seed 0 vs seed 1 {r['seed_tau']:+.3f} ({r['seed_tau_interval'][0]:+.3f} to "
+                 f"{r['seed_tau_interval'][1]:+.3f})" if r["seed_tau"] is not None else ""))
         for neck, mean_ap, aps in r["ranking"]:
             print(f"  {neck:14s} {mean_ap:.3f}  {aps}")
     lo, hi = result["kendall_tau_interval"]
@@ -169,6 +172,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--long-seeds", type=int, default=None,
                         help="seeds of the longer recipe (default --seeds): its runs cost --factor times more")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="the share of the images held out for validation (data.val_fraction; default 0.2); "
+                             "give each value its own --out, since the runs of another split are other runs")
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--proxy", default="{}", help="YAML overrides of the proxy recipe under test")
@@ -182,7 +188,10 @@ def main() -> None:
     overrides = yaml.safe_load(args.proxy) or {}
     if not isinstance(overrides, dict):
         raise SystemExit(f"--proxy: a YAML mapping of proxy fields, got {args.proxy!r}")
-    config = search_config({"data": data_section(args.data, out), "search": {"concurrent": args.concurrent},
+    data = data_section(args.data, out)
+    if args.val_fraction is not None:
+        data["val_fraction"] = args.val_fraction
+    config = search_config({"data": data, "search": {"concurrent": args.concurrent},
                             "proxy": {"eval_every": 200}})
     base = config.proxy
     proxy = search_config({"proxy": {"eval_every": 200, **overrides}}).proxy
@@ -203,6 +212,8 @@ def main() -> None:
         for name, recipe_proxy in (("proxy", proxy), ("long", long)):
             planned = [Candidate.of(g, recipe_proxy, seed=s, recipe=recipes[name], baseline=n, stage="confirm")
                        for s in range(seeds[name]) for n, g in chosen.items()]
+            if not planned:  # --long-seeds 0: the proxy alone (its seed spread and seed-to-seed tau)
+                continue
             pipeline = Pipeline([Confirmation(lambda led, planned=planned: planned, ledger)], ledger)
             done = lambda planned=planned: sum(ledger.find(c.key, full=True) is not None for c in planned)  # noqa: E731
             phases.append(Phase(name, pipeline, lambda n=len(planned): n, done))
@@ -213,6 +224,7 @@ def main() -> None:
     result = analyse(ledger, list(chosen), recipes)
     result.update(machine=platform.processor() or platform.machine(), data=args.data, seeds=args.seeds,
                   long_seeds=args.seeds if args.long_seeds is None else args.long_seeds,
+                  val_fraction=config.data.val_fraction,
                   factor=args.factor, proxy_overrides=overrides, necks=list(chosen), folder=str(out))
     show(result, list(chosen))
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))
