@@ -204,8 +204,8 @@ def test_a_damaged_middle_line_is_an_error_naming_it(tmp_path):
 
 
 def test_ray_stays_in_its_files():
-    """Ray only in connect (inside functions), tune_run and trainable (the package's import
-    circles are tests/test_imports.py's)."""
+    """Ray only in connect (inside functions), tune_run and trainable (import circles:
+    tests/test_package.py walks the whole package)."""
     import subprocess
     import sys
 
