@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from .backbones import build_backbone, default_weights, weights_fingerprint
+from .backbones import BackboneError, build_backbone, default_weights, weights_fingerprint
 from .pretrained import default_backbone_name
 from .cache import FeatureCache, build_caches, dataset_fingerprint, default_cache_root, ensure_room
 from .fsio import atomic_torch_save, atomic_write_text
@@ -154,8 +154,6 @@ def task_problem(genotype: Genotype, backbone: BackboneConfig) -> str:
         return ""
     if backbone.freeze and backbone.cache:
         return cached_backbone_problem(genotype)
-    from .backbones import BackboneError
-
     try:
         built = build_backbone(backbone.name, weights=backbone.weights, return_nodes=backbone.return_nodes,
                                freeze=backbone.freeze, probe_size=64)

@@ -122,7 +122,8 @@ def analyse(ledger: Ledger, necks: List[str], recipes: Dict[str, str]) -> dict:
         seed_tau = stats.kendall_tau(firsts, seconds) if len(paired) >= 3 else None
         result[name] = {
             "recipe": recipe, "runs": len(runs), "seed_std": seed_std, "seed_tau": seed_tau,
-            "seed_tau_interval": stats.bootstrap_interval(firsts, seconds, stats.kendall_tau) if seed_tau else None,
+            "seed_tau_interval": None if seed_tau is None else stats.bootstrap_interval(firsts, seconds,
+                                                                                        stats.kendall_tau),
             "mean_ap": statistics.mean(means) if means else None,
             "spread_across_necks": (max(means) - min(means)) if means else None,
             "spread_in_seed_stds": stats.spread_in_seed_stds(means, seed_std) if means else None,
@@ -142,15 +143,21 @@ def analyse(ledger: Ledger, necks: List[str], recipes: Dict[str, str]) -> dict:
     return result
 
 
+def seed_tau_text(recipe: dict) -> str:
+    if recipe["seed_tau"] is None:
+        return ""
+    lo, hi = recipe["seed_tau_interval"]
+    return f"; tau seed 0 vs seed 1 {recipe['seed_tau']:+.3f} ({lo:+.3f} to {hi:+.3f})"
+
+
 def show(result: dict, names: List[str]) -> None:
     print(f"\nproxy fidelity: {result['necks_in_both']} necks trained under both recipes")
     for name in ("proxy", "long"):
         r = result[name]
         print(f"\n{name} recipe {r['recipe']}: {r['runs']} runs, {r['seconds_per_run'] or 0:.0f} s/run; seed std "
               f"{r['seed_std']:.4f}; spread across necks {r['spread_across_necks'] or 0:.3f} = "
-              f"{r['spread_in_seed_stds'] or 0:.1f} seed stds (references: {r['reference_spread_in_seed_stds'] or 0:.1f}); "
-              f"mean AP {r['mean_ap'] or 0:.3f}" + (f"; tau seed 0 vs seed 1 {r['seed_tau']:+.3f} ({r['seed_tau_interval'][0]:+.3f} to "
-                 f"{r['seed_tau_interval'][1]:+.3f})" if r["seed_tau"] is not None else ""))
+              f"{r['spread_in_seed_stds'] or 0:.1f} seed stds (references: "
+              f"{r['reference_spread_in_seed_stds'] or 0:.1f}); mean AP {r['mean_ap'] or 0:.3f}" + seed_tau_text(r))
         for neck, mean_ap, aps in r["ranking"]:
             print(f"  {neck:14s} {mean_ap:.3f}  {aps}")
     lo, hi = result["kendall_tau_interval"]
@@ -174,7 +181,7 @@ def main() -> None:
                         help="seeds of the longer recipe (default --seeds): its runs cost --factor times more")
     parser.add_argument("--val-fraction", type=float, default=None,
                         help="the share of the images held out for validation (data.val_fraction; default 0.2); "
-                             "give each value its own --out, since the runs of another split are other runs")
+                             "each value in its own --out (a folder refuses another split)")
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--proxy", default="{}", help="YAML overrides of the proxy recipe under test")
@@ -199,14 +206,20 @@ def main() -> None:
     recipes = {"proxy": recipe_name(proxy, base), "long": recipe_name(long, base)}
     chosen = necks(args.necks, base)
     ledger = Ledger(out / "ledger.jsonl")
+    experiment = out / "experiment.json"  # every recipe measured in this folder, by its ledger key
+    saved = json.loads(experiment.read_text()) if experiment.is_file() else {}
+    # The ledger keys a run by neck, seed and recipe, not by data: runs of another split in this
+    # folder would be taken for runs of this one.
+    split = {"data": args.data, "val_fraction": config.data.val_fraction}
+    if saved.get("split", split) != split:
+        raise SystemExit(f"{out} holds runs of {saved['split']}, not {split}: give another --out")
     if not args.report_only:
         task = prepare_task(config.data, config.backbone, proxy)
         specs = {recipes["proxy"]: {"task": task.spec, "proxy": {**dataclasses.asdict(proxy), "threads": None}},
                  recipes["long"]: {"task": task.spec, "proxy": {**dataclasses.asdict(long), "threads": None}}}
-        experiment = out / "experiment.json"  # every recipe measured in this folder, by its ledger key
-        known = json.loads(experiment.read_text()).get("recipes", {}) if experiment.is_file() else {}
+        known = saved.get("recipes", {})
         known.update({recipes["proxy"]: recipe_text(proxy, config), recipes["long"]: recipe_text(long, config)})
-        atomic_write_text(experiment, json.dumps({"necks": list(chosen), "recipes": known}, indent=1))
+        atomic_write_text(experiment, json.dumps({"necks": list(chosen), "recipes": known, "split": split}, indent=1))
         phases = []
         seeds = {"proxy": args.seeds, "long": args.seeds if args.long_seeds is None else args.long_seeds}
         for name, recipe_proxy in (("proxy", proxy), ("long", long)):
