@@ -1,6 +1,5 @@
 """Pascal VOC to COCO (nasfpn.data.voc, ``nasfpn convert-voc``): the layouts, broken images and class-name
 typos as users' folders bring them, and what the user sees for each."""
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -14,7 +13,6 @@ from PIL import Image
 from nasfpn.cli import main
 from nasfpn.data import DatasetError, check_dataset, voc_to_coco
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -263,18 +261,6 @@ def test_voc_bad_input(tmp_path, case, message):
     with pytest.raises(DatasetError, match=message):
         voc_to_coco(root, tmp_path / "voc.json", classes=["dog", "dog"] if case == "classes" else None, strict=True)
     assert not (tmp_path / "voc.json").exists()
-
-
-def test_voc_script(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("voc_to_coco_script", REPO / "scripts" / "voc_to_coco.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    make_voc(tmp_path / "voc", "annotations", "images")
-    assert script.main([str(tmp_path / "voc"), "-o", str(tmp_path / "voc.json")]) == 0
-    out = capsys.readouterr().out
-    assert "3 images, 4 boxes" in out and "3 warnings" in out and "zero-size box" in out
-    assert script.main([str(tmp_path / "nothing"), "-o", str(tmp_path / "x.json")]) == 2
-    assert "VOC folder not found" in capsys.readouterr().err
 
 
 def test_what_the_shell_shows(damaged, tmp_path):

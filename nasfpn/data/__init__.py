@@ -2,7 +2,7 @@
 
 * :class:`DetectionDataset`: COCO JSON + image folder through pycocotools, letterboxed, with flip.
 * :func:`check_dataset` / :func:`format_summary`: ``nasfpn check-data``.
-* :func:`voc_to_coco`: Pascal VOC XML folder to COCO JSON (``scripts/voc_to_coco.py``).
+* :func:`voc_to_coco`: Pascal VOC XML folder to COCO JSON (``nasfpn convert-voc``).
 * :func:`split_ids`: a deterministic train/validation split of one annotation file.
 * :func:`synthetic_dataset`: the built-in synthetic shapes set, cached as COCO JSON + PNG.
 """
