@@ -55,6 +55,17 @@ class DataConfig:
     cache_max_gb: Optional[float] = None
 
     def __post_init__(self) -> None:
+        value = self.val_fraction
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ValueError(f"data.val_fraction: the share of the images held out for validation, a number in "
+                             f"(0, 1), got {value!r}")
+        for name in ("split_seed", "synthetic_seed"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise ValueError(f"data.{name}: must be an integer, got {getattr(self, name)!r}")
+        if isinstance(self.synthetic_images, bool) or not isinstance(self.synthetic_images, int) \
+                or self.synthetic_images < 2:
+            raise ValueError(f"data.synthetic_images: an integer >= 2 (a train and a validation image), "
+                             f"got {self.synthetic_images!r}")
         for name in ("max_train_images", "max_val_images"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

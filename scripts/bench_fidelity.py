@@ -71,12 +71,18 @@ def necks(count: int, proxy) -> Dict[str, Genotype]:
     return chosen
 
 
+def data_problem(which: str) -> str:
+    """Why ``--data which`` cannot be measured here ('' when it can)."""
+    root = SHARED / which
+    return "" if which == "builtin" or root.is_dir() else f"--data {which}: {root} is not there"
+
+
 def data_section(which: str, cache: Path) -> dict:
     if which == "builtin":
         return {}
     root = SHARED / which
-    if not root.is_dir():
-        raise SystemExit(f"--data {which}: {root} is not there")
+    if not root.is_dir():  # the scripts' callers check first (data_problem): exit 2 before writing anything
+        raise FileNotFoundError(data_problem(which))
     annotations = cache / f"{which}.json"
     if not annotations.is_file():
         voc_to_coco(root, annotations)
@@ -191,28 +197,34 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     out = (args.out or Path("runs") / f"fidelity-{args.data}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    # Bad input: exit 2 naming it (parser.error), before the folder or anything in it is written.
     overrides = yaml.safe_load(args.proxy) or {}
     if not isinstance(overrides, dict):
-        raise SystemExit(f"--proxy: a YAML mapping of proxy fields, got {args.proxy!r}")
-    data = data_section(args.data, out)
-    if args.val_fraction is not None:
-        data["val_fraction"] = args.val_fraction
-    config = search_config({"data": data, "search": {"concurrent": args.concurrent},
-                            "proxy": {"eval_every": 200}})
-    base = config.proxy
-    proxy = search_config({"proxy": {"eval_every": 200, **overrides}}).proxy
-    long = dataclasses.replace(base, steps=args.factor * base.steps, eval_every=0)
-    recipes = {"proxy": recipe_name(proxy, base), "long": recipe_name(long, base)}
-    chosen = necks(args.necks, base)
-    ledger = Ledger(out / "ledger.jsonl")
+        parser.error(f"--proxy: a YAML mapping of proxy fields, got {args.proxy!r}")
+    if data_problem(args.data):
+        parser.error(data_problem(args.data))
+    try:
+        settings = {"data": {} if args.val_fraction is None else {"val_fraction": args.val_fraction},
+                    "search": {"concurrent": args.concurrent}}
+        search_config(settings)
+        proxy = search_config({"proxy": {"eval_every": 200, **overrides}}).proxy
+    except ValueError as err:
+        parser.error(str(err))
     experiment = out / "experiment.json"  # every recipe measured in this folder, by its ledger key
     saved = json.loads(experiment.read_text()) if experiment.is_file() else {}
     # The ledger keys a run by neck, seed and recipe, not by data: runs of another split in this
     # folder would be taken for runs of this one.
-    split = {"data": args.data, "val_fraction": config.data.val_fraction}
+    split = {"data": args.data, "val_fraction": search_config(settings).data.val_fraction}
     if saved.get("split", split) != split:
-        raise SystemExit(f"{out} holds runs of {saved['split']}, not {split}: give another --out")
+        parser.error(f"{out} holds runs of {saved['split']}, not {split}: give another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    data = {**data_section(args.data, out), **settings["data"]}
+    config = search_config({**settings, "data": data, "proxy": {"eval_every": 200}})
+    base = config.proxy
+    long = dataclasses.replace(base, steps=args.factor * base.steps, eval_every=0)
+    recipes = {"proxy": recipe_name(proxy, base), "long": recipe_name(long, base)}
+    chosen = necks(args.necks, base)
+    ledger = Ledger(out / "ledger.jsonl")
     if not args.report_only:
         task = prepare_task(config.data, config.backbone, proxy)
         specs = {recipes["proxy"]: {"task": task.spec, "proxy": {**dataclasses.asdict(proxy), "threads": None}},

@@ -171,12 +171,13 @@ def detector_settings(text: str) -> dict:
     return {"detector": detector, **({"roi_extractor": extractor} if extractor else {})}
 
 
-def detectors_benchmark(args) -> None:
-    """``--detectors``: the five necks under each detector, through the search's machinery."""
+def detectors_benchmark(args, parser: argparse.ArgumentParser) -> None:
+    """``--detectors``: the five necks under each detector, through the search's machinery. Bad
+    input stops with exit 2 (``parser.error``) before anything is written."""
     import yaml
 
     import neck_bench
-    from bench_fidelity import data_section
+    from bench_fidelity import data_problem, data_section
     from nasfpn.fsio import atomic_write_text
     from nasfpn.search.config import search_config
     from nasfpn.search.confirm import recipe_name
@@ -187,11 +188,18 @@ def detectors_benchmark(args) -> None:
     out = (args.out or Path("runs") / "detectors").resolve() / args.data
     overrides = yaml.safe_load(args.proxy) or {}
     if not isinstance(overrides, dict):
-        raise SystemExit(f"--proxy: a YAML mapping of proxy fields, got {args.proxy!r}")
+        parser.error(f"--proxy: a YAML mapping of proxy fields, got {args.proxy!r}")
     if args.steps:
         overrides["steps"] = args.steps
     if len(set(args.detectors)) < len(args.detectors):
-        raise SystemExit(f"--detectors: each once, got {args.detectors}")
+        parser.error(f"--detectors: each once, got {args.detectors}")
+    for label in args.detectors:
+        try:
+            search_config({"proxy": {**overrides, **detector_settings(label)}})
+        except ValueError as err:
+            parser.error(f"--detectors {label}: {err}")
+    if data_problem(args.data) and not args.report_only:
+        parser.error(data_problem(args.data))
     if not args.report_only:
         out.mkdir(parents=True, exist_ok=True)
     # The annotations of bccd converted once into --out; a report needs no data (nothing is trained).
@@ -202,10 +210,7 @@ def detectors_benchmark(args) -> None:
     base = search_config({"data": data, "proxy": overrides}).proxy
     results: dict = {}
     for label in args.detectors:
-        try:
-            config = search_config({"data": data, "proxy": {**overrides, **detector_settings(label)}})
-        except ValueError as err:
-            raise SystemExit(f"--detectors {label}: {err}") from None
+        config = search_config({"data": data, "proxy": {**overrides, **detector_settings(label)}})  # checked above
         proxy = config.proxy
         recipe = recipe_name(proxy, base)  # the ledger key: names the detector (RetinaNet's is "search")
         folder = out / label.replace(":", "-")
@@ -278,7 +283,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.detectors:
-        detectors_benchmark(args)
+        detectors_benchmark(args, parser)
         return
     args.json = args.json or "bench_proxy.json"
     torch.set_num_threads(args.threads)

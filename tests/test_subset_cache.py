@@ -160,6 +160,15 @@ def test_bad_values_are_refused_naming_the_field():
         with pytest.raises(ValueError, match=r"data.cache_max_gb: must be a number > 0 or null"):
             DataConfig(cache_max_gb=bad)
     assert DataConfig(max_train_images=5000, max_val_images=500, cache_max_gb=50).cache_max_gb == 50
+    # Caught with the config, not when the split is made after the experiment folder exists.
+    for bad in (0, 1, 2, -0.1, True, "0.3"):
+        with pytest.raises(ValueError, match=r"data.val_fraction: .* a number in \(0, 1\), got"):
+            search_config({"data": {"val_fraction": bad}})
+    with pytest.raises(ValueError, match=r"data.split_seed: must be an integer, got 0.5"):
+        DataConfig(split_seed=0.5)
+    with pytest.raises(ValueError, match=r"data.synthetic_images: an integer >= 2"):
+        DataConfig(synthetic_images=1)
+    assert DataConfig(val_fraction=0.4).val_fraction == 0.4
 
 
 def test_the_recipe_line_names_the_subset():

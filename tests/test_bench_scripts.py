@@ -1,0 +1,53 @@
+"""The benchmark scripts refuse bad input as the command line does: exit 2 with the bad argument
+named, before their output folder or anything in it is written."""
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def script(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+
+    def run(name: str, *argv: str):
+        monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+        with pytest.raises(SystemExit) as stopped:
+            importlib.import_module(name).main()
+        return stopped.value.code
+
+    return run
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--proxy", "[1]"], "--proxy: a YAML mapping of proxy fields, got '[1]'"),
+    (["--proxy", "{stepz: 3}"], "proxy: unknown key(s) ['stepz']"),
+    (["--val-fraction", "2"], "data.val_fraction: the share of the images held out for validation"),
+])
+def test_bench_fidelity_refuses_bad_input_writing_nothing(script, tmp_path, capsys, argv, message):
+    out = tmp_path / "fidelity"
+    assert script("bench_fidelity", *argv, "--out", str(out), "--report-only") == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bench_fidelity_refuses_a_folder_of_another_split(script, tmp_path, capsys):
+    out = tmp_path / "fidelity"
+    out.mkdir()
+    saved = {"necks": [], "recipes": {}, "split": {"data": "builtin", "val_fraction": 0.2}}
+    (out / "experiment.json").write_text(json.dumps(saved))
+    assert script("bench_fidelity", "--val-fraction", "0.4", "--out", str(out), "--report-only") == 2
+    assert "holds runs of {'data': 'builtin', 'val_fraction': 0.2}" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["experiment.json"]
+
+
+def test_bench_proxy_refuses_an_unknown_detector_writing_nothing(script, tmp_path, capsys):
+    out = tmp_path / "detectors"
+    assert script("bench_proxy", "--detectors", "retinanet", "nope", "--out", str(out)) == 2
+    assert "--detectors nope: proxy.detector: one of ['faster_rcnn', 'fcos', 'retinanet'], got 'nope'" \
+        in capsys.readouterr().err
+    assert not out.exists()
