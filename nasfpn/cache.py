@@ -4,7 +4,7 @@ With a frozen backbone every candidate sees the same C3..C5 for an image, and co
 most of a CPU training step. So they are computed once per split (per flip), written to disk as
 float16 arrays and memory-mapped: every worker process on the machine reads the same pages from
 the OS page cache. The folder name is a digest of everything the features depend on (dataset,
-image size, backbone, weights, flips), so a change of any of them builds a new cache and an old
+image size, backbone, weights, flips, the versions of torch, torchvision and timm), so a change of any of them builds a new cache and an old
 one is never read by mistake. A cache is written into a temporary folder and renamed into place,
 so a crash never leaves half a cache, and two builders racing both end with one.
 
@@ -31,6 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from .pretrained import is_timm
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -161,7 +163,22 @@ def cache_key(backbone, dataset, flips: Sequence[bool], weights_id: str) -> dict
     a subset, ``data.max_train_images``, has its own cache) and the image size."""
     return {"version": CACHE_VERSION, "dataset": dataset_fingerprint(dataset), "backbone": backbone.name,
             "channels": {str(k): v for k, v in backbone.channels.items()}, "weights": weights_id,
-            "flips": [bool(f) for f in flips]}
+            "flips": [bool(f) for f in flips], "libraries": library_versions(backbone.name)}
+
+
+def library_versions(backbone_name: str) -> Dict[str, str]:
+    """The versions of the libraries that define the backbone and compute its features: an
+    upgrade may change a model's layers or its arithmetic (the weights alone would load into
+    either), so a cache made under other versions is not read. timm only for its backbones, so
+    installing it does not throw away a torchvision backbone's caches."""
+    import torchvision
+
+    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    if is_timm(backbone_name):
+        import timm
+
+        versions["timm"] = timm.__version__
+    return versions
 
 
 def cache_folder(root: Path, key: dict) -> Path:

@@ -2,13 +2,14 @@
 import json
 import shutil
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from nasfpn.backbones import build_backbone
-from nasfpn.cache import (GB, SPARE_BYTES, CacheSpaceError, FeatureCache, cache_key, estimate_cache_bytes,
-                          feature_shapes)
+from nasfpn.cache import (GB, SPARE_BYTES, CacheSpaceError, FeatureCache, cache_folder, cache_key,
+                          estimate_cache_bytes, feature_shapes)
 from nasfpn.cli import main
 from nasfpn.data import DetectionDataset, split_ids, synthetic_dataset
 from nasfpn.data.split import subset_ids
@@ -149,6 +150,24 @@ def test_the_subset_changes_the_cache_key(synthetic):
     keys = [cache_key(fake, d, (False, True), "random")["dataset"] for d in (dataset, first, second)]
     assert len(set(keys)) == 3
     assert proxy_subset(dataset, None, 0) is dataset and proxy_subset(dataset, 50, 0) is dataset
+
+
+def test_a_library_upgrade_keys_a_new_cache(synthetic, monkeypatch):
+    """torch or torchvision (and timm, for its backbones) of another version may compute other
+    features from the same weights: the cache made before is not read."""
+    import torchvision
+
+    pytest.importorskip("timm")
+    dataset = DetectionDataset(*synthetic, 128)
+    resnet = SimpleNamespace(name="resnet18", channels={3: 128, 4: 256, 5: 512})
+    lite0 = SimpleNamespace(name="timm:tf_efficientnet_lite0", channels={3: 40, 4: 112, 5: 320})
+    before = {b.name: cache_key(b, dataset, (False,), "random") for b in (resnet, lite0)}
+    assert set(before["resnet18"]["libraries"]) == {"torch", "torchvision"}  # timm's version does not matter to it
+    assert set(before[lite0.name]["libraries"]) == {"torch", "torchvision", "timm"}
+    monkeypatch.setattr(torchvision, "__version__", "0.0.1")
+    after = cache_key(resnet, dataset, (False,), "random")
+    assert after["libraries"]["torchvision"] == "0.0.1"
+    assert cache_folder(Path("/c"), after) != cache_folder(Path("/c"), before["resnet18"])
 
 
 def test_bad_values_are_refused_naming_the_field():
