@@ -38,7 +38,9 @@ class DataConfig:
     images: Optional[str] = None
     val_annotations: Optional[str] = None
     val_images: Optional[str] = None
-    val_fraction: float = 0.2
+    # None: 0.2, raised on a small set towards 150 validation images, at most 0.4
+    # (nasfpn.data.split.default_val_fraction, with the measurement behind it).
+    val_fraction: Optional[float] = None
     split_seed: int = 0
     synthetic_images: int = 800
     synthetic_seed: int = 0
@@ -56,9 +58,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         value = self.val_fraction
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
             raise ValueError(f"data.val_fraction: the share of the images held out for validation, a number in "
-                             f"(0, 1), got {value!r}")
+                             f"(0, 1) or null (0.2, more on a small set), got {value!r}")
         for name in ("split_seed", "synthetic_seed"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
                 raise ValueError(f"data.{name}: must be an integer, got {getattr(self, name)!r}")
@@ -119,7 +121,8 @@ def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig,
         val = DetectionDataset(data.val_annotations, data.val_images or images, size)
     else:
         everything = DetectionDataset(annotations, images, size)
-        train_ids, val_ids = split_ids(everything.image_ids, data.val_fraction, data.split_seed)
+        train_ids, val_ids = split_ids(everything.image_ids, val_fraction(data, len(everything.image_ids)),
+                                       data.split_seed)
         train = DetectionDataset(everything.coco, images, size, image_ids=train_ids)
         val = DetectionDataset(everything.coco, images, size, image_ids=val_ids)
     train = proxy_subset(train, data.max_train_images, data.split_seed)
@@ -153,6 +156,21 @@ def prepare_task(data: DataConfig, backbone: BackboneConfig, proxy: ProxyConfig,
         "val_cache": str(task.val_cache.folder) if task.val_cache else None,
     }
     return task
+
+
+def val_fraction(data: DataConfig, images: int) -> float:
+    """The share of ``images`` held out for validation: ``data.val_fraction``, or when it is not
+    given the default for a set of that size, said when it is more than 0.2."""
+    from .data.split import VAL_FRACTION, default_val_fraction
+
+    if data.val_fraction is not None:
+        return data.val_fraction
+    fraction = default_val_fraction(images)
+    if fraction > VAL_FRACTION:
+        log.warning("validation split: %.2f of the %d images (data.val_fraction not given: raised from %g on a "
+                    "small set, so that the proxy's AP is less a matter of seeds; set it to choose)",
+                    fraction, images, VAL_FRACTION)
+    return fraction
 
 
 def task_problem(genotype: Genotype, backbone: BackboneConfig) -> str:

@@ -37,6 +37,7 @@ from typing import Dict, List
 
 from nasfpn import Genotype, load_genotype
 from nasfpn.data import voc_to_coco
+from nasfpn.data.split import default_val_fraction
 from nasfpn.fsio import atomic_write_text
 from nasfpn.search import stats
 from nasfpn.search.config import search_config
@@ -46,7 +47,8 @@ from nasfpn.search.ledger import Ledger
 from nasfpn.search.records import Candidate
 from nasfpn.search.stages import Confirmation, Pipeline
 from nasfpn.space import load_space
-from nasfpn.task import prepare_task
+from nasfpn.cache import default_cache_root
+from nasfpn.task import DataConfig, prepare_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_proxy import SHARED, WEAK  # noqa: E402  (the no-top-down neck, defined once)
@@ -77,17 +79,35 @@ def data_problem(which: str) -> str:
     return "" if which == "builtin" or root.is_dir() else f"--data {which}: {root} is not there"
 
 
-def data_section(which: str, cache: Path) -> dict:
+def data_section(which: str, val_fraction: float | None = None) -> dict:
+    """The search config's ``data`` section of ``--data which``; a VOC set is converted once into
+    the nasfpn cache folder (not the benchmark's: its folder is checked before it is written)."""
+    given = {} if val_fraction is None else {"val_fraction": val_fraction}
     if which == "builtin":
-        return {}
+        return given
     root = SHARED / which
     if not root.is_dir():  # the scripts' callers check first (data_problem): exit 2 before writing anything
         raise FileNotFoundError(data_problem(which))
-    annotations = cache / f"{which}.json"
+    annotations = default_cache_root() / "voc" / f"{which}.json"
     if not annotations.is_file():
+        annotations.parent.mkdir(parents=True, exist_ok=True)
         voc_to_coco(root, annotations)
     images = next(p for p in (root / "JPEGImages", root / "images") if p.is_dir())
-    return {"annotations": str(annotations), "images": str(images)}
+    return {"annotations": str(annotations), "images": str(images), **given}
+
+
+def data_split(which: str, data: DataConfig) -> dict:
+    """What a folder's runs were measured on: the data and the share held out for validation as
+    the search resolves it (``data.val_fraction``, or the default for the set's size)."""
+    images = data.synthetic_images if data.annotations is None else len(json.loads(Path(data.annotations).read_text())["images"])
+    fraction = data.val_fraction if data.val_fraction is not None else default_val_fraction(images)
+    return {"data": which, "val_fraction": round(fraction, 6)}
+
+
+def split_problem(folder: Path, saved: dict | None, split: dict) -> str:
+    """The ledger keys a run by neck, seed and recipe, not by data: runs of another split in a
+    folder would be taken for runs of this one."""
+    return "" if saved in (None, split) else f"{folder} holds runs of {saved}, not {split}: give another --out"
 
 
 def analyse(ledger: Ledger, necks: List[str], recipes: Dict[str, str]) -> dict:
@@ -186,8 +206,9 @@ def main() -> None:
     parser.add_argument("--long-seeds", type=int, default=None,
                         help="seeds of the longer recipe (default --seeds): its runs cost --factor times more")
     parser.add_argument("--val-fraction", type=float, default=None,
-                        help="the share of the images held out for validation (data.val_fraction; default 0.2); "
-                             "each value in its own --out (a folder refuses another split)")
+                        help="the share of the images held out for validation (data.val_fraction; default: "
+                             "the search's, 0.2 or more on a small set); each split in its own --out (a folder "
+                             "refuses another)")
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--proxy", default="{}", help="YAML overrides of the proxy recipe under test")
@@ -204,22 +225,18 @@ def main() -> None:
     if data_problem(args.data):
         parser.error(data_problem(args.data))
     try:
-        settings = {"data": {} if args.val_fraction is None else {"val_fraction": args.val_fraction},
-                    "search": {"concurrent": args.concurrent}}
-        search_config(settings)
+        search_config({"data": {} if args.val_fraction is None else {"val_fraction": args.val_fraction}})
         proxy = search_config({"proxy": {"eval_every": 200, **overrides}}).proxy
     except ValueError as err:
         parser.error(str(err))
+    config = search_config({"data": data_section(args.data, args.val_fraction),
+                            "search": {"concurrent": args.concurrent}, "proxy": {"eval_every": 200}})
     experiment = out / "experiment.json"  # every recipe measured in this folder, by its ledger key
     saved = json.loads(experiment.read_text()) if experiment.is_file() else {}
-    # The ledger keys a run by neck, seed and recipe, not by data: runs of another split in this
-    # folder would be taken for runs of this one.
-    split = {"data": args.data, "val_fraction": search_config(settings).data.val_fraction}
-    if saved.get("split", split) != split:
-        parser.error(f"{out} holds runs of {saved['split']}, not {split}: give another --out")
+    split = data_split(args.data, config.data)
+    if split_problem(out, saved.get("split"), split):
+        parser.error(split_problem(out, saved.get("split"), split))
     out.mkdir(parents=True, exist_ok=True)
-    data = {**data_section(args.data, out), **settings["data"]}
-    config = search_config({**settings, "data": data, "proxy": {"eval_every": 200}})
     base = config.proxy
     long = dataclasses.replace(base, steps=args.factor * base.steps, eval_every=0)
     recipes = {"proxy": recipe_name(proxy, base), "long": recipe_name(long, base)}
@@ -249,7 +266,7 @@ def main() -> None:
     result = analyse(ledger, list(chosen), recipes)
     result.update(machine=platform.processor() or platform.machine(), data=args.data, seeds=args.seeds,
                   long_seeds=args.seeds if args.long_seeds is None else args.long_seeds,
-                  val_fraction=config.data.val_fraction,
+                  val_fraction=split["val_fraction"],
                   factor=args.factor, proxy_overrides=overrides, necks=list(chosen), folder=str(out))
     show(result, list(chosen))
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))

@@ -177,7 +177,7 @@ def detectors_benchmark(args, parser: argparse.ArgumentParser) -> None:
     import yaml
 
     import neck_bench
-    from bench_fidelity import data_problem, data_section
+    from bench_fidelity import data_problem, data_section, data_split, split_problem
     from nasfpn.fsio import atomic_write_text
     from nasfpn.search.config import search_config
     from nasfpn.search.confirm import recipe_name
@@ -200,12 +200,19 @@ def detectors_benchmark(args, parser: argparse.ArgumentParser) -> None:
             parser.error(f"--detectors {label}: {err}")
     if data_problem(args.data) and not args.report_only:
         parser.error(data_problem(args.data))
-    if not args.report_only:
-        out.mkdir(parents=True, exist_ok=True)
-    # The annotations of bccd converted once into --out; a report needs no data (nothing is trained).
-    data = {} if args.report_only else data_section(args.data, out)
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        parser.error(f"--val-fraction: a number in (0, 1), got {args.val_fraction}")
+    # A report needs no data (nothing is trained).
+    data = {} if args.report_only else data_section(args.data, args.val_fraction)
     if args.cache_dir:
         data["cache_dir"] = str(args.cache_dir)
+    if not args.report_only:
+        split, saved = data_split(args.data, search_config({"data": data}).data), out / "split.json"
+        problem = split_problem(out, json.loads(saved.read_text()) if saved.is_file() else None, split)
+        if problem:
+            parser.error(problem)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, json.dumps(split))
     necks = chosen_necks()
     base = search_config({"data": data, "proxy": overrides}).proxy
     results: dict = {}
@@ -275,6 +282,9 @@ def main() -> None:
                         help=f"the detector benchmark instead: {', '.join(DETECTORS)}; faster_rcnn:soft is Faster "
                              "R-CNN with soft RoI selection")
     parser.add_argument("--data", default="builtin", choices=["builtin", "bccd"], help="with --detectors")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="with --detectors: data.val_fraction (default: the search's, 0.2 or more on a small "
+                             "set); a folder refuses runs of another split")
     parser.add_argument("--out", type=Path, default=None, help="with --detectors: the folder of the ledgers, <out>/<data>/<detector> "
                         "(default runs/detectors)")
     parser.add_argument("--proxy", default="{}", help="with --detectors: proxy settings over the search's, YAML")

@@ -51,3 +51,20 @@ def test_bench_proxy_refuses_an_unknown_detector_writing_nothing(script, tmp_pat
     assert "--detectors nope: proxy.detector: one of ['faster_rcnn', 'fcos', 'retinanet'], got 'nope'" \
         in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_folder_records_the_split_as_resolved(script, tmp_path):
+    """The built-in data keeps 0.2 by default, so folders measured before the default grew on
+    small sets still match; a given share is recorded as given."""
+    from bench_fidelity import data_split, split_problem
+
+    from nasfpn.task import DataConfig
+
+    assert data_split("builtin", DataConfig()) == {"data": "builtin", "val_fraction": 0.2}
+    assert data_split("builtin", DataConfig(val_fraction=0.4)) == {"data": "builtin", "val_fraction": 0.4}
+    annotations = tmp_path / "small.json"
+    annotations.write_text(json.dumps({"images": [{"id": i} for i in range(364)]}))
+    small = data_split("bccd", DataConfig(annotations=str(annotations), images=str(tmp_path)))
+    assert small == {"data": "bccd", "val_fraction": 0.4}
+    assert split_problem(tmp_path, None, small) == split_problem(tmp_path, small, small) == ""
+    assert "holds runs of" in split_problem(tmp_path, {"data": "bccd", "val_fraction": 0.2}, small)
