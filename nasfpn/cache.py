@@ -173,11 +173,12 @@ def library_versions(backbone_name: str) -> Dict[str, str]:
     installing it does not throw away a torchvision backbone's caches."""
     import torchvision
 
-    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    # Without the build's suffix (+cpu, +cu130): the cache is computed on the CPU alike.
+    versions = {"torch": torch.__version__.split("+")[0], "torchvision": torchvision.__version__.split("+")[0]}
     if is_timm(backbone_name):
         import timm
 
-        versions["timm"] = timm.__version__
+        versions["timm"] = timm.__version__.split("+")[0]
     return versions
 
 

@@ -173,6 +173,20 @@ def val_fraction(data: DataConfig, images: int) -> float:
     return fraction
 
 
+def resolved_val_fraction(data: DataConfig) -> Optional[float]:
+    """``data.val_fraction`` as :func:`prepare_task` will take it (None with ``val_annotations``,
+    or when the annotations cannot be read: preparing the task then says what is wrong)."""
+    if data.val_fraction is not None or data.val_annotations:
+        return data.val_fraction
+    if data.annotations is None:
+        return val_fraction(data, data.synthetic_images)
+    try:
+        images = len(json.loads(Path(data.annotations).read_text())["images"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return val_fraction(data, images)
+
+
 def task_problem(genotype: Genotype, backbone: BackboneConfig) -> str:
     """Why ``genotype`` cannot be trained on a task prepared with ``backbone`` (empty when it can),
     told before the task is prepared: a neck with ``recursion`` (RFP) runs the backbone again,

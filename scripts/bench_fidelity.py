@@ -104,10 +104,21 @@ def data_split(which: str, data: DataConfig) -> dict:
     return {"data": which, "val_fraction": round(fraction, 6)}
 
 
+def recorded_split(saved: dict | None, folder: Path, which: str) -> dict | None:
+    """The split a folder's runs were made on: as recorded, or for a folder with ledgers from
+    before splits were recorded, the default of that time (0.2); None for a new folder."""
+    if saved is not None or not any(folder.glob("**/ledger.jsonl")):
+        return saved
+    return {"data": which, "val_fraction": 0.2}
+
+
 def split_problem(folder: Path, saved: dict | None, split: dict) -> str:
     """The ledger keys a run by neck, seed and recipe, not by data: runs of another split in a
     folder would be taken for runs of this one."""
-    return "" if saved in (None, split) else f"{folder} holds runs of {saved}, not {split}: give another --out"
+    if saved in (None, split):
+        return ""
+    return (f"{folder} holds runs of {saved}, not {split}: give --val-fraction {saved['val_fraction']} to add to "
+            "them, or another --out")
 
 
 def analyse(ledger: Ledger, necks: List[str], recipes: Dict[str, str]) -> dict:
@@ -224,18 +235,24 @@ def main() -> None:
         parser.error(f"--proxy: a YAML mapping of proxy fields, got {args.proxy!r}")
     if data_problem(args.data):
         parser.error(data_problem(args.data))
+    for flag, value, least in (("--necks", args.necks, 1), ("--seeds", args.seeds, 1), ("--factor", args.factor, 1),
+                               ("--long-seeds", args.long_seeds, 0), ("--concurrent", args.concurrent, 1)):
+        if value is not None and value < least:
+            parser.error(f"{flag}: at least {least}, got {value}")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        parser.error(f"--val-fraction: a number in (0, 1), got {args.val_fraction}")
     try:
-        search_config({"data": {} if args.val_fraction is None else {"val_fraction": args.val_fraction}})
         proxy = search_config({"proxy": {"eval_every": 200, **overrides}}).proxy
     except ValueError as err:
-        parser.error(str(err))
+        parser.error(f"--proxy: {err}")
     config = search_config({"data": data_section(args.data, args.val_fraction),
                             "search": {"concurrent": args.concurrent}, "proxy": {"eval_every": 200}})
     experiment = out / "experiment.json"  # every recipe measured in this folder, by its ledger key
     saved = json.loads(experiment.read_text()) if experiment.is_file() else {}
     split = data_split(args.data, config.data)
-    if split_problem(out, saved.get("split"), split):
-        parser.error(split_problem(out, saved.get("split"), split))
+    problem = split_problem(out, recorded_split(saved.get("split"), out, args.data), split)
+    if problem:
+        parser.error(problem)
     out.mkdir(parents=True, exist_ok=True)
     base = config.proxy
     long = dataclasses.replace(base, steps=args.factor * base.steps, eval_every=0)

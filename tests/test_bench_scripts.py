@@ -26,7 +26,10 @@ def script(monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["--proxy", "[1]"], "--proxy: a YAML mapping of proxy fields, got '[1]'"),
     (["--proxy", "{stepz: 3}"], "proxy: unknown key(s) ['stepz']"),
-    (["--val-fraction", "2"], "data.val_fraction: the share of the images held out for validation"),
+    (["--val-fraction", "2"], "--val-fraction: a number in (0, 1), got 2.0"),
+    (["--factor", "0"], "--factor: at least 1, got 0"),
+    (["--concurrent", "0"], "--concurrent: at least 1, got 0"),
+    (["--necks", "0"], "--necks: at least 1, got 0"),
 ])
 def test_bench_fidelity_refuses_bad_input_writing_nothing(script, tmp_path, capsys, argv, message):
     out = tmp_path / "fidelity"
@@ -43,6 +46,23 @@ def test_bench_fidelity_refuses_a_folder_of_another_split(script, tmp_path, caps
     assert script("bench_fidelity", "--val-fraction", "0.4", "--out", str(out), "--report-only") == 2
     assert "holds runs of {'data': 'builtin', 'val_fraction': 0.2}" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["experiment.json"]
+
+
+@pytest.mark.parametrize("recorded", ["split.json", "a ledger from before splits were recorded"])
+def test_bench_proxy_refuses_a_folder_of_another_split(script, tmp_path, capsys, recorded):
+    folder = tmp_path / "detectors" / "builtin"
+    if recorded == "split.json":
+        folder.mkdir(parents=True)
+        (folder / "split.json").write_text(json.dumps({"data": "builtin", "val_fraction": 0.2}))
+    else:  # its runs were made at the default of their time, 0.2
+        (folder / "retinanet").mkdir(parents=True)
+        (folder / "retinanet" / "ledger.jsonl").write_text("")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert script("bench_proxy", "--detectors", "retinanet", "--val-fraction", "0.4",
+                  "--out", str(tmp_path / "detectors")) == 2
+    assert "holds runs of {'data': 'builtin', 'val_fraction': 0.2}, not {'data': 'builtin', 'val_fraction': 0.4}: " \
+           "give --val-fraction 0.2" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def test_bench_proxy_refuses_an_unknown_detector_writing_nothing(script, tmp_path, capsys):

@@ -246,7 +246,7 @@ def test_report_ranks_by_the_confirmation_and_gives_the_verdict_with_its_interva
     recipe = "confirm(steps=1200)"
     (tmp_path / "experiment.json").write_text(json.dumps({
         "channels": {"3": 8, "4": 16, "5": 32}, "width": 8, "concurrent": 2, "wall_seconds": 100.0,
-        "confirm": {"recipe": recipe, "text": "1200 steps"}}))
+        "confirm": {"recipe": recipe, "text": "1200 steps"}, "val_images": 73}))
     cell = load_genotype("bifpn").replace(name="")
     ledger = Ledger(tmp_path / "ledger.jsonl")
     ledger.append(record(1, "fpn", 0.30))
@@ -262,11 +262,29 @@ def test_report_ranks_by_the_confirmation_and_gives_the_verdict_with_its_interva
     assert "beats `fpn`: +0.035 AP (95% interval" in verdict and "3 paired seeds" in verdict
     assert "0.445 ± 0.015" in verdict and "`fpn` 0.410 ± 0.010" in verdict
     assert "Kendall's tau -0.33 (3 necks" in verdict                       # ... is last when confirmed
+    assert "The validation split has only 73 images: too few to rank necks." in verdict  # below 100
     table = board.split("## Confirmed ranking")[1].split("##")[0]
     assert table.index("cell-") < table.index("**fpn**") < table.index("**panet**")
     assert "0.430, 0.460, 0.445" in table
     assert load_genotype(tmp_path / "best.yaml").hash() == cell.hash()
     assert "## Cost" in board and "12 trials" in board
+
+
+def test_a_new_search_writes_down_the_split_it_resolved(tmp_path, caplog):
+    """The ledger does not key trials by the split: a resume must not work it out again (with
+    another version's default), so config.yaml holds the share the search started with."""
+    from nasfpn.search.driver import _resolved
+
+    assert _resolved(search_config({})).data.val_fraction == 0.2  # the built-in 800 images
+    with caplog.at_level("WARNING"):
+        assert _resolved(search_config({"data": {"synthetic_images": 24}})).data.val_fraction == 0.4
+    assert caplog.text.count("validation split: 0.40 of the 24 images") == 1
+    annotations = tmp_path / "a.json"
+    annotations.write_text(json.dumps({"images": [{"id": i} for i in range(500)], "annotations": []}))
+    data = {"annotations": str(annotations), "images": str(tmp_path)}
+    assert _resolved(search_config({"data": data})).data.val_fraction == 0.3
+    assert _resolved(search_config({"data": {**data, "val_fraction": 0.25}})).data.val_fraction == 0.25
+    assert _resolved(search_config({"data": {**data, "val_annotations": str(annotations)}})).data.val_fraction is None
 
 
 def test_cost_aware_reward():

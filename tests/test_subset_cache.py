@@ -156,19 +156,23 @@ def test_the_subset_changes_the_cache_key(synthetic):
 def test_a_library_upgrade_keys_a_new_cache(synthetic, monkeypatch):
     """torch or torchvision (and timm, for its backbones) of another version may compute other
     features from the same weights: the cache made before is not read."""
+    import torch
     import torchvision
 
-    pytest.importorskip("timm")
     dataset = DetectionDataset(*synthetic, 128)
     resnet = SimpleNamespace(name="resnet18", channels={3: 128, 4: 256, 5: 512})
+    before = cache_key(resnet, dataset, (False,), "random")
+    assert set(before["libraries"]) == {"torch", "torchvision"}  # timm's version does not matter to it
+    for library, version in ((torchvision, "0.0.1"), (torch, "9.9.9+cu999")):
+        monkeypatch.setattr(library, "__version__", version)
+        after = cache_key(resnet, dataset, (False,), "random")
+        assert after["libraries"][library.__name__] == version.split("+")[0]  # a CPU or CUDA build alike
+        assert cache_folder(Path("/c"), after) != cache_folder(Path("/c"), before)
+    timm = pytest.importorskip("timm")
     lite0 = SimpleNamespace(name="timm:tf_efficientnet_lite0", channels={3: 40, 4: 112, 5: 320})
-    before = {b.name: cache_key(b, dataset, (False,), "random") for b in (resnet, lite0)}
-    assert set(before["resnet18"]["libraries"]) == {"torch", "torchvision"}  # timm's version does not matter to it
-    assert set(before[lite0.name]["libraries"]) == {"torch", "torchvision", "timm"}
-    monkeypatch.setattr(torchvision, "__version__", "0.0.1")
-    after = cache_key(resnet, dataset, (False,), "random")
-    assert after["libraries"]["torchvision"] == "0.0.1"
-    assert cache_folder(Path("/c"), after) != cache_folder(Path("/c"), before["resnet18"])
+    with_timm = cache_key(lite0, dataset, (False,), "random")
+    monkeypatch.setattr(timm, "__version__", "0.0.1")
+    assert with_timm["libraries"]["timm"] != "0.0.1" == cache_key(lite0, dataset, (False,), "random")["libraries"]["timm"]
 
 
 def test_bad_values_are_refused_naming_the_field():

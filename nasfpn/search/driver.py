@@ -27,7 +27,8 @@ from ..detectors import TWO_STAGE
 from ..fsio import atomic_torch_save, atomic_write_text, read_json, read_yaml
 from ..genotype import load_genotype
 from ..space import load_space
-from ..task import DataConfig, prepare_task, task_problem
+from ..data.split import MIN_VAL_IMAGES
+from ..task import DataConfig, prepare_task, resolved_val_fraction, task_problem
 from ..train import ProxyConfig, precision_name, proxy_device, proxy_genotype
 from .config import SearchConfig, search_config
 from .confirm import confirm_proxy, plan, recipe_name
@@ -38,11 +39,6 @@ from .records import SEARCH, Candidate, TrialRecord
 from .stages import Baselines, Confirmation, ControllerStage, Pipeline, Seeds
 
 log = logging.getLogger(__name__)
-# Below this many validation images one neck's AP moves by more between seeds than necks differ
-# (seen: 20 images, FPN 0.095 with seed 0 and 0.161 with seed 1). On bccd (scripts/bench_fidelity.py,
-# 21 necks, 2 seeds) 73 validation images gave a seed std of 0.0087 and a seed-0-vs-seed-1 tau of
-# 0.54; 146 gave 0.0050 and 0.76.
-MIN_VAL_IMAGES = 100
 
 
 def run_search(config: Optional[SearchConfig], out: str | Path, *, resume: bool = False, confirm_only: bool = False,
@@ -183,11 +179,13 @@ class SearchInterrupted(RuntimeError):
 
 def _resolved(config: SearchConfig) -> SearchConfig:
     """``config`` with the defaults that could change between versions or shells written out:
-    the cache folder (else ``$NASFPN_CACHE`` at resume time decides) and the confirmation's steps."""
+    the cache folder (else ``$NASFPN_CACHE`` at resume time decides), the share held out for
+    validation (the ledger does not key trials by the split) and the confirmation's steps."""
     from ..cache import default_cache_root
 
     data = dataclasses.replace(config.data, cache_dir=str(Path(config.data.cache_dir or default_cache_root())
-                                                          .expanduser().resolve()))
+                                                          .expanduser().resolve()),
+                               val_fraction=resolved_val_fraction(config.data))
     confirm = dataclasses.replace(config.confirm, steps=confirm_proxy(config.proxy, config.confirm).steps)
     return dataclasses.replace(config, data=data, confirm=confirm)
 

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 from . import stats
 from .confirm import ConfirmedNeck
 from .records import TrialRecord
+from ..data.split import MIN_VAL_IMAGES
 
 # How far seeds alone moved one neck's proxy AP on the built-in data (BiFPN 0.290 vs 0.309,
 # scripts/bench_proxy.py): a one-seed gap smaller than this is not a result.
@@ -80,7 +81,7 @@ def _resolution(figures: Dict[str, Any], meta: Dict[str, Any]) -> str:
         text += (f" The one-seed proxy AP ranks these necks as the confirmation does with Kendall's tau "
                  f"{figures['kendall_tau']:+.2f} ({figures['tau_necks']} necks; the confirmed mean leaves out the "
                  "proxy's own run).")
-    if meta.get("val_images") is not None and meta["val_images"] < 50:
+    if meta.get("val_images") is not None and meta["val_images"] < MIN_VAL_IMAGES:
         text += f" The validation split has only {meta['val_images']} images: too few to rank necks."
     return text
 
