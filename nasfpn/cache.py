@@ -4,8 +4,8 @@ With a frozen backbone every candidate sees the same C3..C5 for an image, and co
 most of a CPU training step. So they are computed once per split (per flip), written to disk as
 float16 arrays and memory-mapped: every worker process on the machine reads the same pages from
 the OS page cache. The folder name is a digest of everything the features depend on (dataset,
-image size, backbone, weights, flips, the versions of torch, torchvision and timm), so a change of any of them builds a new cache and an old
-one is never read by mistake. A cache is written into a temporary folder and renamed into place,
+image size, backbone, weights, flips, the versions of torch, torchvision and timm), so a change of
+any of them builds a new cache and an old one is never read by mistake. A cache is written into a temporary folder and renamed into place,
 so a crash never leaves half a cache, and two builders racing both end with one.
 
 Before a cache is written its size is estimated (one probe forward gives each level's shape:

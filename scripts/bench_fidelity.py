@@ -37,7 +37,6 @@ from typing import Dict, List
 
 from nasfpn import Genotype, load_genotype
 from nasfpn.data import voc_to_coco
-from nasfpn.data.split import default_val_fraction
 from nasfpn.fsio import atomic_write_text
 from nasfpn.search import stats
 from nasfpn.search.config import search_config
@@ -48,7 +47,7 @@ from nasfpn.search.records import Candidate
 from nasfpn.search.stages import Confirmation, Pipeline
 from nasfpn.space import load_space
 from nasfpn.cache import default_cache_root
-from nasfpn.task import DataConfig, prepare_task
+from nasfpn.task import DataConfig, prepare_task, resolved_val_fraction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_proxy import SHARED, WEAK  # noqa: E402  (the no-top-down neck, defined once)
@@ -99,9 +98,7 @@ def data_section(which: str, val_fraction: float | None = None) -> dict:
 def data_split(which: str, data: DataConfig) -> dict:
     """What a folder's runs were measured on: the data and the share held out for validation as
     the search resolves it (``data.val_fraction``, or the default for the set's size)."""
-    images = data.synthetic_images if data.annotations is None else len(json.loads(Path(data.annotations).read_text())["images"])
-    fraction = data.val_fraction if data.val_fraction is not None else default_val_fraction(images)
-    return {"data": which, "val_fraction": round(fraction, 6)}
+    return {"data": which, "val_fraction": resolved_val_fraction(data)}
 
 
 def recorded_split(saved: dict | None, folder: Path, which: str) -> dict | None:
@@ -254,6 +251,7 @@ def main() -> None:
     if problem:
         parser.error(problem)
     out.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, val_fraction=split["val_fraction"]))
     base = config.proxy
     long = dataclasses.replace(base, steps=args.factor * base.steps, eval_every=0)
     recipes = {"proxy": recipe_name(proxy, base), "long": recipe_name(long, base)}

@@ -214,6 +214,7 @@ def detectors_benchmark(args, parser: argparse.ArgumentParser) -> None:
             parser.error(problem)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, json.dumps(split))
+        data["val_fraction"] = split["val_fraction"]  # resolved once
     necks = chosen_necks()
     base = search_config({"data": data, "proxy": overrides}).proxy
     results: dict = {}

@@ -137,7 +137,7 @@ def test_the_default_validation_share_grows_on_a_small_set():
 
 
 def test_a_search_without_val_fraction_holds_out_more_of_a_small_set(tmp_path, caplog):
-    """Said once in the log; a given data.val_fraction is taken as it is, whatever the size."""
+    """Said in the log; a given data.val_fraction is taken as it is, whatever the size."""
     from nasfpn.task import DataConfig, val_fraction
 
     with caplog.at_level("WARNING"):
