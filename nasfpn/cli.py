@@ -92,9 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.set_defaults(run=_train)
 
-    p = sub.add_parser("search", help="run a neck search (no arguments: the built-in quickstart)")
-    p.add_argument("--config", type=Path, default=None, help="YAML overriding any part: data, backbone, proxy, space, "
-                   "controller, search, scheduler, resources, ray, reward")
+    p = sub.add_parser("search", help="run a neck search (no settings: the quickstart)")
+    p.add_argument("--config", default=None, help="YAML file or shipped config name (quickstart) overriding any part: "
+                   "data, backbone, proxy, space, controller, search, confirm, scheduler, resources, ray, reward; "
+                   "with no --config and no other setting, the quickstart")
     p.add_argument("--space", help="search space name or YAML (default wide)")
     p.add_argument("--controller", help="controller name or YAML: ppo, reinforce, evolution, random (default ppo)")
     p.add_argument("--trials", type=int, help="trial budget before the confirmation, baselines included (default 12)")
@@ -311,7 +312,7 @@ def _train(args: argparse.Namespace) -> None:
 def _search(args: argparse.Namespace) -> None:
     import time
 
-    from .search.config import load_search_config, merge_flags, search_config
+    from .search.config import QUICKSTART, command_line_config
     from .search.driver import run_search
 
     if args.resume is not None:
@@ -322,8 +323,9 @@ def _search(args: argparse.Namespace) -> None:
                              f"(to extend the confirmation: nasfpn confirm {args.resume} --top/--seeds/--steps)")
         print(f"wrote {run_search(None, args.resume, resume=True, verbose=args.verbose)}")
         return
-    data = load_search_config(args.config) if args.config else {}
-    config = search_config(merge_flags(data, **flag_values(args)))
+    config, quickstart = command_line_config(args.config, flag_values(args))
+    if quickstart:
+        print(f"no settings given: the quickstart (nasfpn search --config {QUICKSTART}; see the README)")
     out = args.out or Path("runs") / f"{Path(config.space).stem}-{Path(str(config.controller)).stem}-" \
                                      f"{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"experiment folder: {out}")

@@ -1,5 +1,5 @@
-"""The YAML shipped with the package (reference necks, search spaces, controller settings) and
-the one-line form of a YAML error that every loader of it reports."""
+"""The YAML shipped with the package (reference necks, search spaces, controller settings, search
+configs) and the one-line form of a YAML error that every loader of it reports."""
 from __future__ import annotations
 
 import importlib.resources
@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 def shipped_dir(package: str, checkout_folder: str) -> Traversable:
     """The folder of a data package that setup.cfg maps onto a top-level folder of the checkout.
 
-    The YAML lives once, in the checkout's ``search_spaces/`` and ``controllers/`` where users
-    browse and copy it; setup.cfg's ``package_dir`` installs those folders as the packages
-    ``nasfpn.search_spaces`` and ``nasfpn.controller_settings``, so a wheel carries them and an
-    editable install maps them. Looking them up through the import system finds them in both.
+    The YAML lives once, in the checkout's ``search_spaces/``, ``controllers/`` and ``configs/``
+    where users browse and copy it; setup.cfg's ``package_dir`` installs those folders as the
+    packages ``nasfpn.search_spaces``, ``nasfpn.controller_settings`` and ``nasfpn.search_configs``,
+    so a wheel carries them and an editable install maps them. Looking them up through the import
+    system finds them in both.
 
     Raises:
         ModuleNotFoundError: ``package`` is not installed and the checkout has no such folder

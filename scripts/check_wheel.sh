@@ -53,13 +53,15 @@ from pathlib import Path
 import nasfpn
 from nasfpn.controllers import controller_config_names
 from nasfpn.genotype import reference_names
+from nasfpn.search.config import search_config_names
 from nasfpn.space import space_names
 
 fresh = Path(sys.argv[1]).resolve()
 imported = Path(nasfpn.__file__).resolve()
 if fresh not in imported.parents:
     sys.exit(f"nasfpn was imported from {imported}, not from the fresh environment {fresh}")
-shipped = {"references": reference_names(), "spaces": space_names(), "controllers": controller_config_names()}
+shipped = {"references": reference_names(), "spaces": space_names(), "controllers": controller_config_names(),
+           "configs": search_config_names()}
 empty = [kind for kind, names in shipped.items() if not names]
 if empty:
     sys.exit(f"the installed wheel ships no {', '.join(empty)}: {shipped}")

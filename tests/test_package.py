@@ -1,7 +1,8 @@
 """Packaging: the shipped YAML is found through the installed package, and the wheel carries it.
 
-The YAML lives once, in the checkout's ``search_spaces/`` and ``controllers/``; setup.cfg maps
-them to the data packages ``nasfpn.search_spaces`` and ``nasfpn.controller_settings``.
+The YAML lives once, in the checkout's ``search_spaces/``, ``controllers/`` and ``configs/``; setup.cfg
+maps them to the data packages ``nasfpn.search_spaces``, ``nasfpn.controller_settings`` and
+``nasfpn.search_configs``.
 Installing the wheel and running it is scripts/check_wheel.sh's job, not a test's.
 """
 import importlib
@@ -16,12 +17,14 @@ import pytest
 import nasfpn
 from nasfpn.controllers import CONTROLLER_DIR, controller_config_names, load_controller_config
 from nasfpn.genotype import load_genotype, reference_names
+from nasfpn.search.config import CONFIG_DIR, load_search_config, search_config, search_config_names
 from nasfpn.shipped import REFERENCE_DIR, shipped_dir
 from nasfpn.space import load_space, space_names
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 # Data package -> the checkout folder setup.cfg's package_dir maps it to.
-DATA_PACKAGES = {"nasfpn.search_spaces": "search_spaces", "nasfpn.controller_settings": "controllers"}
+DATA_PACKAGES = {"nasfpn.search_spaces": "search_spaces", "nasfpn.controller_settings": "controllers",
+                 "nasfpn.search_configs": "configs"}
 
 
 def test_every_shipped_name_loads():
@@ -34,10 +37,14 @@ def test_every_shipped_name_loads():
         load_space(name)
     for name in controller_config_names():
         assert "controller" in load_controller_config(name), name
+    assert "quickstart" in search_config_names()
+    for name in search_config_names():
+        search_config(load_search_config(name))
 
 
 @pytest.mark.parametrize("package, folder", [("nasfpn.search_spaces", REFERENCE_DIR),
-                                             ("nasfpn.controller_settings", CONTROLLER_DIR)])
+                                             ("nasfpn.controller_settings", CONTROLLER_DIR),
+                                             ("nasfpn.search_configs", CONFIG_DIR)])
 def test_the_yaml_is_found_through_the_installed_package(package, folder):
     # Not the fallback for an uninstalled checkout: the import system knows the package, and
     # the folder is where it was imported from (inside site-packages for a wheel).

@@ -16,7 +16,7 @@ import yaml
 
 from nasfpn import load_genotype
 from nasfpn.cli import main
-from nasfpn.search.config import search_config
+from nasfpn.search.config import command_line_config, load_search_config, search_config
 from nasfpn.search.ledger import Ledger
 from nasfpn.search.records import SEARCH, Candidate, TrialRecord
 from nasfpn.search.report import build_report
@@ -181,7 +181,7 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     assert "search: unknown key(s) ['trails']" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
     assert main(["search", "--resume", str(tmp_path)]) == 2
-    defaults = search_config({})  # the quickstart
+    defaults = search_config({})  # the standard search
     assert (defaults.search.trials, defaults.search.seeds, defaults.confirm.top_k) == (12, 1, 1)
     assert not hasattr(defaults.search, "dedupe")
     with pytest.raises(ValueError, match=r"search: unknown key\(s\) \['dedupe'\]"):
@@ -198,6 +198,22 @@ def record(trial, name, ap, *, genotype=None, status="ok", seed=0, recipe=SEARCH
                              stage=stage or ("baseline" if name else "search"))
     return TrialRecord.finished(trial, candidate, status, {"ap": ap, "reward": ap, "params": 100 * trial,
                                                            "macs": 1e6 * trial, "seconds": 10.0}, error=error)
+
+
+def test_no_settings_run_the_quickstart_and_any_setting_the_standard_search(tmp_path, capsys):
+    standard = search_config({})
+    quickstart, chosen = command_line_config(None, {})
+    assert chosen and quickstart == search_config(load_search_config("quickstart"))
+    assert (quickstart.search.trials, quickstart.confirm.top_k, quickstart.confirm.seeds) == (12, 1, 3)
+    flagged, chosen = command_line_config(None, {"trials": 6})  # a flag alone: the defaults under it
+    assert not chosen and flagged == search_config({"search": {"trials": 6}})
+    named, chosen = command_line_config("quickstart", {"steps": 300})  # the quickstart with a flag over it
+    assert not chosen and (named.proxy.steps, named.search.trials) == (300, 12)
+    assert standard.proxy.batch_size == 8
+    with pytest.raises(ValueError, match=r"'quickstar' is neither a file nor a shipped config; shipped: \[.*'quickstart'"):
+        command_line_config("quickstar", {})
+    assert main(["search", "--config", "quickstar", "--out", str(tmp_path / "x")]) == 2
+    assert "shipped: [" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_report_from_a_ledger_alone(tmp_path):

@@ -1,10 +1,11 @@
 """The search configuration: YAML -> one validated, typed record -> plain arguments.
 
-Every section has defaults that make ``nasfpn search`` with no arguments the built-in
-quickstart: the synthetic data set, EfficientNet-Lite0 with ImageNet weights (a warmed-up
-ResNet-18 without the ``pretrained`` extra), the wide space, the PPO controller, the four
-reference necks first as baselines, then the confirmation (times measured in the README). Unknown keys
-are errors that list the valid ones.
+Every section has defaults, the standard search: the synthetic data set, EfficientNet-Lite0 with
+ImageNet weights (a warmed-up ResNet-18 without the ``pretrained`` extra), the wide space, the PPO
+controller, the four reference necks first as baselines, then the confirmation. ``nasfpn search``
+with no settings at all runs the shipped ``quickstart`` config over them (``configs/``, found by
+name like a space or a controller; times measured in the README). Unknown keys are errors that
+list the valid ones.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from typing import Any, Mapping, Optional, Tuple
 
 import yaml
 
-from ..shipped import yaml_problem
+from ..shipped import shipped_dir, yaml_problem, yaml_stems
 from ..task import BackboneConfig, DataConfig
 from ..train import ProxyConfig, section
 from .confirm import ConfirmConfig
 
+CONFIG_DIR = shipped_dir("nasfpn.search_configs", "configs")
+QUICKSTART = "quickstart"  # what ``nasfpn search`` runs when given no settings
 SECTIONS = ("data", "backbone", "proxy", "space", "controller", "search", "confirm", "scheduler", "resources", "ray",
             "reward")
 MAPPING_SECTIONS = ("data", "backbone", "proxy", "search", "confirm", "scheduler", "resources", "ray", "reward")
@@ -42,8 +45,8 @@ def check_number(where: str, value: Any, *, integer: bool = False, low: float | 
 class BudgetConfig:
     """How many trials before confirmation (baselines included), how many at once, how many
     proxy seeds each searched candidate gets (the mean is its reward), the controller's seed."""
-    # The quickstart: 4 baselines + 8 searched cells, then the confirmation (see ConfirmConfig):
-    # its times on 2 CPU cores, float32 and bfloat16, are measured in the README.
+    # 4 baselines + 8 searched cells, then the confirmation (see ConfirmConfig): its times on 2
+    # CPU cores, float32 and bfloat16, are measured in the README (the quickstart is smaller).
     trials: int = 12
     baselines: Tuple[str, ...] = ("fpn", "panet", "bifpn", "nasfpn")
     concurrent: int = 2
@@ -174,9 +177,20 @@ def search_config(mapping: Mapping[str, Any] | None = None, /, **overrides: Any)
     )
 
 
-def load_search_config(path: str | Path) -> dict:
-    """Read a YAML configuration file into a mapping (validated by :func:`search_config`)."""
-    path = Path(path)
+def search_config_names() -> list[str]:
+    """Names of the shipped configs (``quickstart``...)."""
+    return yaml_stems(CONFIG_DIR)
+
+
+def load_search_config(path_or_name: str | Path) -> dict:
+    """Read a YAML configuration file, or a shipped one by name, into a mapping (validated by
+    :func:`search_config`)."""
+    path = Path(path_or_name)
+    if not path.is_file() and path.suffix == "" and len(path.parts) == 1:
+        path = CONFIG_DIR / f"{path_or_name}.yaml"
+        if not path.is_file():
+            raise ValueError(f"{str(path_or_name)!r} is neither a file nor a shipped config; "
+                             f"shipped: {search_config_names()}")
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:
@@ -186,6 +200,19 @@ def load_search_config(path: str | Path) -> dict:
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: must be a mapping of sections {list(SECTIONS)}")
     return dict(data)
+
+
+def command_line_config(config: str | Path | None, flags: Mapping[str, Any]) -> tuple[SearchConfig, bool]:
+    """The search a command line asks for: ``--config`` (a file or a shipped name) with the flags
+    laid over it; given neither, the quickstart. Also says whether the quickstart was chosen so.
+
+    Raises:
+        ValueError: naming the file, section or key that is wrong.
+    """
+    quickstart = config is None and not flags
+    chosen = QUICKSTART if quickstart else config
+    data = load_search_config(chosen) if chosen is not None else {}
+    return search_config(merge_flags(data, **flags)), quickstart
 
 
 def _plain(value: Any) -> Any:

@@ -27,7 +27,7 @@ from .records import SEARCH, Candidate, TrialRecord
 NOT_RECIPE = ("seed", "eval_every", "report_every", "threads")
 SAME_AS_PROXY = "proxy"
 # The default confirmation trains 1.5x the proxy's steps: longer than the search, as every NAS
-# paper re-trains its finalists; 5 necks x 3 seeds are two thirds of the quickstart's time on 2
+# paper re-trains its finalists; 5 necks x 3 seeds are two thirds of a default search's time on 2
 # cores (measured: see the README). A user with time sets confirm.steps (and width, image_size, repeats).
 CONFIRM_STEPS_FACTOR = 1.5
 
@@ -38,7 +38,7 @@ class ConfirmConfig:
     each (0 turns confirmation off), under the proxy recipe with ``steps`` (default: 1.5 times
     the proxy's), and optionally a larger ``width``, ``image_size`` or ``max_repeats`` (``proxy``:
     the proxy's cap; ``null``: every neck's own repeats)."""
-    top_k: int = 1  # the quickstart's: 5 necks x 3 seeds; raise it when time allows
+    top_k: int = 1  # with the 4 baselines, 5 necks x 3 seeds; raise it when time allows
     seeds: int = 3
     steps: Optional[int] = None
     width: Optional[int] = None
