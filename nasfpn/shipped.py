@@ -45,6 +45,25 @@ def yaml_stems(folder: Traversable) -> list[str]:
                   if entry.name.endswith(".yaml") and entry.is_file())
 
 
+def file_or_shipped(path_or_name: str | Path, folder: Traversable, what: str, suffix: str = ".yaml") -> Path:
+    """The file a user named: a path as given, or a bare name (no folder, no suffix) that is not
+    a file here looked up as ``<name><suffix>`` in a shipped folder.
+
+    Raises:
+        ValueError: the name is neither, listing the shipped ones; or the path is no file.
+    """
+    path = Path(path_or_name)
+    if not path.is_file() and path.suffix == "" and len(path.parts) == 1:
+        shipped = folder / f"{path_or_name}{suffix}"
+        if not shipped.is_file():
+            names = sorted(entry.name[: -len(suffix)] for entry in folder.iterdir() if entry.name.endswith(suffix))
+            raise ValueError(f"{str(path_or_name)!r} is neither a file nor a shipped {what}; shipped: {names}")
+        return Path(str(shipped))
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    return path
+
+
 def yaml_problem(err: yaml.YAMLError) -> str:
     """A YAML parse error on one line: the problem and where."""
     mark = getattr(err, "problem_mark", None)

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..shipped import shipped_dir, yaml_problem, yaml_stems
+from ..shipped import file_or_shipped, shipped_dir, yaml_problem, yaml_stems
 
 CONTROLLER_DIR = shipped_dir("nasfpn.controller_settings", "controllers")
 
@@ -27,14 +27,7 @@ def load_controller_config(config: Mapping[str, Any] | str | Path) -> dict[str, 
         return dict(config)
     if not isinstance(config, (str, Path)):
         raise ValueError(f"controller config must be a mapping, a YAML path or a name, got {config!r}")
-    path = Path(config)
-    if not path.is_file() and path.suffix == "" and len(path.parts) == 1:
-        path = CONTROLLER_DIR / f"{config}.yaml"
-        if not path.is_file():
-            raise ValueError(f"{str(config)!r} is neither a file nor a shipped controller config; "
-                             f"shipped: {controller_config_names()}")
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+    path = file_or_shipped(config, CONTROLLER_DIR, "controller config")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

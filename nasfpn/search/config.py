@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 import yaml
 
-from ..shipped import shipped_dir, yaml_problem, yaml_stems
+from ..shipped import file_or_shipped, shipped_dir, yaml_problem, yaml_stems
 from ..task import BackboneConfig, DataConfig
 from ..train import ProxyConfig, section
 from .confirm import ConfirmConfig
@@ -185,14 +185,7 @@ def search_config_names() -> list[str]:
 def load_search_config(path_or_name: str | Path) -> dict:
     """Read a YAML configuration file, or a shipped one by name, into a mapping (validated by
     :func:`search_config`)."""
-    path = Path(path_or_name)
-    if not path.is_file() and path.suffix == "" and len(path.parts) == 1:
-        path = CONFIG_DIR / f"{path_or_name}.yaml"
-        if not path.is_file():
-            raise ValueError(f"{str(path_or_name)!r} is neither a file nor a shipped config; "
-                             f"shipped: {search_config_names()}")
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+    path = file_or_shipped(path_or_name, CONFIG_DIR, "config")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
