@@ -130,7 +130,9 @@ class FeatureCache:
     @torch.no_grad()
     def _compute(backbone, dataset, folder: Path, flips: List[bool], key: dict, batch_size: int) -> None:
         start = time.perf_counter()
-        backbone.eval()
+        # Channels-last: EfficientNet-Lite0's depthwise convolutions run about 1.5x faster on
+        # CPU (measured: 160 images at 256 px, 9.2 s -> 6.2 s in float32 on 2 cores).
+        backbone.eval().to(memory_format=torch.channels_last)
         n = len(dataset)
         arrays: Dict[int, np.memmap] = {}
         shapes: Dict[str, list] = {}
@@ -139,7 +141,7 @@ class FeatureCache:
             for begin in range(0, n, batch_size):
                 indices = range(begin, min(begin + batch_size, n))
                 loaded = [dataset.load(i, flip=flip) for i in indices]
-                images = torch.stack([img for img, _ in loaded])
+                images = torch.stack([img for img, _ in loaded]).contiguous(memory_format=torch.channels_last)
                 feats = backbone(images)
                 for (i, (_, target)) in zip(indices, loaded):
                     targets[slot][i] = {"boxes": target["boxes"].tolist(), "labels": target["labels"].tolist()}

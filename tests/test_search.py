@@ -17,6 +17,7 @@ import yaml
 from nasfpn import load_genotype
 from nasfpn.cli import main
 from nasfpn.search.config import command_line_config, load_search_config, search_config
+from nasfpn.search.confirm import confirm_proxy, recipe_name
 from nasfpn.search.ledger import Ledger
 from nasfpn.search.records import SEARCH, Candidate, TrialRecord
 from nasfpn.search.report import build_report
@@ -204,11 +205,13 @@ def test_no_settings_run_the_quickstart_and_any_setting_the_standard_search(tmp_
     standard = search_config({})
     quickstart, chosen = command_line_config(None, {})
     assert chosen and quickstart == search_config(load_search_config("quickstart"))
-    assert (quickstart.search.trials, quickstart.confirm.top_k, quickstart.confirm.seeds) == (12, 1, 3)
+    assert (quickstart.search.trials, quickstart.confirm.top_k, quickstart.confirm.seeds) == (8, 1, 3)
     flagged, chosen = command_line_config(None, {"trials": 6})  # a flag alone: the defaults under it
     assert not chosen and flagged == search_config({"search": {"trials": 6}})
     named, chosen = command_line_config("quickstart", {"steps": 300})  # the quickstart with a flag over it
-    assert not chosen and (named.proxy.steps, named.search.trials) == (300, 12)
+    assert not chosen and (named.proxy.steps, named.search.trials) == (300, 8)
+    # its confirmation trains under the search's own recipe: seed 0 of each neck is its search run
+    assert recipe_name(confirm_proxy(quickstart.proxy, quickstart.confirm), quickstart.proxy) == SEARCH
     assert standard.proxy.batch_size == 8
     with pytest.raises(ValueError, match=r"'quickstar' is neither a file nor a shipped config; shipped: \[.*'quickstart'"):
         command_line_config("quickstar", {})
