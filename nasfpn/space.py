@@ -33,7 +33,7 @@ import yaml
 
 from .decisions import CHOOSABLE, Decision, SpaceError, Walk
 from .genotype import ExtraLevels, Genotype, GenotypeError, topological
-from .shipped import REFERENCE_DIR, yaml_problem, yaml_stems
+from .shipped import REFERENCE_DIR, file_or_shipped, yaml_problem, yaml_stems
 from .vocabulary import COMBINES, EXTRA_OPS, MAX_INPUTS, OPS, count_text, mergeable_counts
 
 SPACE_KEYS = ("name", "description", "cell", "choose", "nodes", "inputs", "combines", "ops", "raw_inputs", "outputs")
@@ -360,13 +360,10 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
     Raises:
         SpaceError: naming the file and the bad field.
     """
-    path = Path(path_or_name)
-    if not path.is_file() and path.suffix == "" and len(path.parts) == 1:
-        path = REFERENCE_DIR / f"{path_or_name}_space.yaml"
-        if not path.is_file():
-            raise SpaceError(f"{path_or_name!r} is neither a file nor a shipped space; spaces: {space_names()}")
-    if not path.is_file():
-        raise SpaceError(f"{path}: no such file")
+    try:
+        path = file_or_shipped(path_or_name, REFERENCE_DIR, "space", suffix="_space.yaml")
+    except ValueError as err:
+        raise SpaceError(str(err)) from None
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
