@@ -56,7 +56,7 @@ import yaml
 
 from .canonical import canonical_form, canonical_hash
 from .recursion import Recursion
-from .shipped import REFERENCE_DIR, yaml_problem, yaml_stems
+from .shipped import REFERENCE_DIR, file_or_shipped, yaml_problem, yaml_stems
 from .vocabulary import COMBINES, DOWNSAMPLES, EXTRA_OPS, LATERALS, MAX_INPUTS, OPS
 
 # The fields that are choices of the language rather than words of its vocabulary.
@@ -441,15 +441,10 @@ def load_genotype(path_or_name: str | Path) -> Genotype:
     Raises:
         GenotypeError: the file is missing, not YAML, or breaks a rule (message names the field).
     """
-    path = Path(path_or_name)
-    if not path.is_file() and path.suffix == "" and len(path.parts) == 1:
-        candidate = REFERENCE_DIR / f"{path_or_name}.yaml"
-        if not candidate.is_file() or str(path_or_name).endswith("_space"):
-            raise GenotypeError(f"{path_or_name!r} is neither a file nor a reference neck; "
-                                f"references: {reference_names()}")
-        path = candidate
-    if not path.is_file():
-        raise GenotypeError(f"{path}: no such file")
+    try:  # the folder also holds the spaces (*_space.yaml): only references are names here
+        path = file_or_shipped(path_or_name, REFERENCE_DIR, "reference neck", names=reference_names())
+    except ValueError as err:
+        raise GenotypeError(str(err)) from None
     return Genotype.from_yaml(path.read_text(), source=str(path))
 
 

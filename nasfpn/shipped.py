@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import yaml
 
@@ -45,19 +45,22 @@ def yaml_stems(folder: Traversable) -> list[str]:
                   if entry.name.endswith(".yaml") and entry.is_file())
 
 
-def file_or_shipped(path_or_name: str | Path, folder: Traversable, what: str, suffix: str = ".yaml") -> Path:
+def file_or_shipped(path_or_name: str | Path, folder: Traversable, what: str, suffix: str = ".yaml",
+                    names: Sequence[str] | None = None) -> Path:
     """The file a user named: a path as given, or a bare name (no folder, no suffix) that is not
-    a file here looked up as ``<name><suffix>`` in a shipped folder.
+    a file here looked up as ``<name><suffix>`` in a shipped folder; ``names``, when the folder
+    holds files of several kinds, the ones of this kind.
 
     Raises:
         ValueError: the name is neither, listing the shipped ones; or the path is no file.
     """
     path = Path(path_or_name)
     if not path.is_file() and path.suffix == "" and len(path.parts) == 1:
-        shipped = folder / f"{path_or_name}{suffix}"
-        if not shipped.is_file():
+        if names is None:
             names = sorted(entry.name[: -len(suffix)] for entry in folder.iterdir() if entry.name.endswith(suffix))
-            raise ValueError(f"{str(path_or_name)!r} is neither a file nor a shipped {what}; shipped: {names}")
+        shipped = folder / f"{path_or_name}{suffix}"
+        if str(path_or_name) not in names or not shipped.is_file():
+            raise ValueError(f"{str(path_or_name)!r} is neither a file nor a shipped {what}; shipped: {list(names)}")
         return Path(str(shipped))
     if not path.is_file():
         raise ValueError(f"{path}: no such file")

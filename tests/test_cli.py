@@ -67,7 +67,7 @@ def test_usage_errors(tmp_path, capsys):
     assert main(["draw", "fpn", "-o", str(tmp_path / "cell.gif")]) == 2
     assert ".gif" in capsys.readouterr().err
     assert main(["info", "no_such_neck"]) == 2
-    assert "references: ['augfpn', 'bifpn', 'fpn', 'nasfpn', 'panet', 'rfp']" in capsys.readouterr().err
+    assert "shipped: ['augfpn', 'bifpn', 'fpn', 'nasfpn', 'panet', 'rfp']" in capsys.readouterr().err
     assert main(["export", "fpn", "-o", str(tmp_path / "n.py"), "--class-name", "1bad"]) == 2
     assert not (tmp_path / "n.py").exists()
     assert main([]) == 2

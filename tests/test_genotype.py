@@ -113,8 +113,10 @@ def test_load_errors_name_the_file(tmp_path):
     path.write_text("- just a list\n")
     with pytest.raises(GenotypeError, match="broken.yaml: a genotype must be a mapping"):
         load_genotype(path)
-    with pytest.raises(GenotypeError, match="neither a file nor a reference"):
+    with pytest.raises(GenotypeError, match="neither a file nor a shipped reference neck"):
         load_genotype("no_such_neck")
+    with pytest.raises(GenotypeError, match="neither a file nor a shipped reference neck"):
+        load_genotype("wide_space")  # a shipped space is no reference neck
 
 
 def test_hash_ignores_spelling():
