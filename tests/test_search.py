@@ -72,7 +72,8 @@ def wait_for(predicate, timeout: float = 300, every: float = 0.5):
 @pytest.mark.ray
 def test_search_survives_a_driver_sigkill(tmp_path, cache):
     out = tmp_path / "exp"
-    process = start_search(TINY, out, cache)
+    # Confirmed as the quickstart confirms: under the search's own recipe, so seed 0 is each neck's search run.
+    process = start_search({**TINY, "confirm": {"seeds": 2, "steps": TINY["proxy"]["steps"]}}, out, cache)
     ledger = out / "ledger.jsonl"
     assert wait_for(lambda: ledger.is_file() and len(ledger.read_text().splitlines()) >= 3)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
@@ -83,10 +84,14 @@ def test_search_survives_a_driver_sigkill(tmp_path, cache):
                           text=True, env={**os.environ, "NASFPN_CACHE": str(cache)}, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     after = ledger.read_text().splitlines()
-    assert len(after) == 7                      # exactly the budget
+    assert sum(e["stage"] != "confirm" for e in entries(out)) == 7  # exactly the budget
     assert after[:len(before)] == before        # nothing lost, nothing rewritten
-    trained = [e["trained_hash"] for e in entries(out) if not e["answered_from_ledger"]]
-    assert all(trained) and len(trained) == len(set(trained))  # nothing paid twice, as the proxy trains it
+    confirm = [e for e in entries(out) if e["stage"] == "confirm"]
+    assert all(e["recipe"] == "search" for e in confirm)
+    assert sorted((e["baseline"], e["seed"]) for e in confirm if e["baseline"]) == \
+        [("bifpn", 1), ("fpn", 1), ("nasfpn", 1), ("panet", 1)]  # seed 0: their search runs
+    trained = [(e["trained_hash"], e["seed"], e["recipe"]) for e in entries(out) if not e["answered_from_ledger"]]
+    assert all(t[0] for t in trained) and len(trained) == len(set(trained))  # nothing paid twice, as the proxy trains it
     baselines = {e["baseline"] for e in entries(out) if e["baseline"]}
     assert baselines == {"fpn", "panet", "bifpn", "nasfpn"}
     for name in ["config.yaml", "leaderboard.md", "trials.csv", "best.yaml", "best_neck.py", "plots/reward.png",
@@ -94,6 +99,9 @@ def test_search_survives_a_driver_sigkill(tmp_path, cache):
         assert (out / name).is_file(), name
     assert "Traceback" not in done.stdout + done.stderr
     assert "[search 7/7]" in done.stdout
+    # The search's leaderboard is written before the confirmation starts, and again at the end.
+    assert done.stdout.index("(the search's; the confirmation follows)") < done.stdout.index("[confirm 1/")
+    assert "## Confirmed ranking" in (out / "leaderboard.md").read_text()
     # The folder rebuilds its report from the ledger alone.
     (out / "leaderboard.md").unlink()
     assert main(["report", str(out)]) == 0 and (out / "leaderboard.md").is_file()

@@ -164,8 +164,12 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
     def save_controller(record: TrialRecord) -> None:
         atomic_torch_save(controller.state_dict(), state_path)
 
+    def search_report() -> None:  # the search's leaderboard now, not only after the confirmation
+        if _confirm_left():
+            print(f"wrote {build_report(out)} (the search's; the confirmation follows)", flush=True)
+
     phases = [Phase("search", search, lambda: budget, lambda: sum(r.candidate.stage != "confirm" for r in ledger),
-                    _asha(config), save_controller)] if searched < budget else []
+                    _asha(config), save_controller, search_report)] if searched < budget else []
     if config.confirm.enabled:  # planned when it starts: the finalists are known only then
         phases.append(Phase("confirm", confirmation, lambda: len(_confirm_plan(ledger)),
                             lambda: len(_confirm_plan(ledger)) - len(_confirm_left())))
@@ -195,13 +199,14 @@ class Phase:
     """One Tune run of a search: a pipeline until it is finished. ``total`` and ``done``: the
     trials of the phase in all and finished so far (asked when it starts, and for the progress
     line; nothing left skips it); ``scheduler``: ASHA settings or ``None``; ``on_record``: called
-    after each record is written."""
+    after each record is written; ``on_finish``: once the phase has run to its end."""
     name: str
     pipeline: Pipeline
     total: Callable[[], int]
     done: Callable[[], int]
     scheduler: Optional[Dict[str, int]] = None
     on_record: Callable[[TrialRecord], None] = lambda record: None
+    on_finish: Callable[[], None] = lambda: None
 
 
 def run_phases(config: SearchConfig, out: Path, recipes: Dict[str, Any], phases: List[Phase],
@@ -242,6 +247,7 @@ def run_phases(config: SearchConfig, out: Path, recipes: Dict[str, Any], phases:
             if not phase.pipeline.finished:  # Tune stops gracefully on Ctrl-C: so do we, with nothing lost
                 raise SearchInterrupted(f"interrupted during the {phase.name} phase ({phase.done()} of {total} "
                                         f"trials done, all kept); continue with: nasfpn search --resume {out}")
+            phase.on_finish()
     finally:
         disconnect_ray()
 
