@@ -100,7 +100,9 @@ def test_search_survives_a_driver_sigkill(tmp_path, cache):
     assert "Traceback" not in done.stdout + done.stderr
     assert "[search 7/7]" in done.stdout
     # The search's leaderboard is written before the confirmation starts, and again at the end.
-    assert done.stdout.index("(the search's; the confirmation follows)") < done.stdout.index("[confirm 1/")
+    said = "(the search's); the confirmation follows: "
+    assert done.stdout.index(said) < done.stdout.index("[confirm ")
+    assert f"{said}{len(confirm)} trials (" in done.stdout  # the others (seed 0) are the search's runs
     assert "## Confirmed ranking" in (out / "leaderboard.md").read_text()
     # The folder rebuilds its report from the ledger alone.
     (out / "leaderboard.md").unlink()

@@ -165,8 +165,11 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
         atomic_torch_save(controller.state_dict(), state_path)
 
     def search_report() -> None:  # the search's leaderboard now, not only after the confirmation
-        if _confirm_left():
-            print(f"wrote {build_report(out)} (the search's; the confirmation follows)", flush=True)
+        left, planned = len(_confirm_left()), len(_confirm_plan(ledger))
+        if left:
+            known = f" ({planned - left} of its {planned} are in the ledger already)" if left < planned else ""
+            print(f"wrote {build_report(out)} (the search's); the confirmation follows: {left} trials{known}",
+                  flush=True)
 
     phases = [Phase("search", search, lambda: budget, lambda: sum(r.candidate.stage != "confirm" for r in ledger),
                     _asha(config), save_controller, search_report)] if searched < budget else []
