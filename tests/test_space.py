@@ -228,3 +228,12 @@ def test_raw_input_space_errors(change, message):
     with pytest.raises(SpaceError) as err:
         space_from_dict(data)
     assert message in str(err.value)
+
+
+def test_a_bad_space_name_or_path_is_named(tmp_path):
+    with pytest.raises(SpaceError, match=r"'wid' is neither a file nor a shipped space; shipped: \['nasfpn', 'wide'"):
+        load_space("wid")
+    with pytest.raises(SpaceError, match="neither a file nor a shipped space"):
+        load_space("fpn")  # a reference neck is no space
+    with pytest.raises(SpaceError, match="missing.yaml: no such file"):
+        load_space(tmp_path / "missing.yaml")

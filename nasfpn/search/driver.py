@@ -153,9 +153,11 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
 
     confirmation = Pipeline([Confirmation(_confirm_plan, ledger)], ledger)
 
-    def _confirm_left() -> List[Candidate]:
-        return [c for c in _confirm_plan(ledger) if ledger.find(c.key, full=True) is None] \
-            if config.confirm.enabled else []
+    def _confirm_left(planned: Optional[List[Candidate]] = None) -> List[Candidate]:
+        if not config.confirm.enabled:
+            return []
+        return [c for c in (_confirm_plan(ledger) if planned is None else planned)
+                if ledger.find(c.key, full=True) is None]
 
     if searched >= budget and not _confirm_left():
         log.warning("%s: all %d trials are done", out, budget)
@@ -165,12 +167,21 @@ def _run_locked(config: SearchConfig, out: Path, space, controller, *, resume: b
         atomic_torch_save(controller.state_dict(), state_path)
 
     def search_report() -> None:  # the search's leaderboard now, not only after the confirmation
-        left, planned = len(_confirm_left()), len(_confirm_plan(ledger))
-        if left:
-            known = f" ({planned - left} of its {planned} are in the ledger already)" if left < planned else ""
-            print(f"wrote {build_report(out)} (the search's); the confirmation follows: {left} trials{known}",
-                  flush=True)
+        planned = _confirm_plan(ledger)
+        left = len(_confirm_left(planned))
+        if not left:
+            return
+        try:  # a report that cannot be drawn must not stop the confirmation (the final one says why)
+            path = build_report(out)
+        except Exception as err:  # noqa: BLE001 - any failure here means the same: go on
+            log.warning("the search's report could not be written: %s: %s", type(err).__name__, err)
+            return
+        known = f" ({len(planned) - left} of its {len(planned)} are in the ledger already)" \
+            if left < len(planned) else ""
+        print(f"wrote {path} (the search's); the confirmation follows: {left} trials{known}", flush=True)
 
+    if searched >= budget and not confirm_only and not (out / "leaderboard.md").is_file():
+        search_report()  # killed between the search's last trial and its report
     phases = [Phase("search", search, lambda: budget, lambda: sum(r.candidate.stage != "confirm" for r in ledger),
                     _asha(config), save_controller, search_report)] if searched < budget else []
     if config.confirm.enabled:  # planned when it starts: the finalists are known only then
