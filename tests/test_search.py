@@ -393,6 +393,26 @@ def test_resume_with_failure_reward_asks_lost_trials_again_and_records_nothing_f
 
 
 @pytest.mark.ray
+def test_a_resume_that_finds_the_search_finished_without_its_report_writes_it_first(tmp_path, cache):
+    # As if killed between the search's last trial and its report: the ledger is complete, no leaderboard.
+    config = {**TINY, "search": {"trials": 2, "concurrent": 2, "baselines": ["fpn"]}, "scheduler": {"name": "none"},
+              "confirm": {"seeds": 0}}
+    out = tmp_path / "exp"
+    finish(start_search(config, out, cache))
+    (out / "leaderboard.md").unlink()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    # Its confirmation under the search's recipe: seed 1 of the baseline and of the top cell.
+    saved["confirm"].update(seeds=2, top_k=1, steps=TINY["proxy"]["steps"])
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    done = subprocess.run([sys.executable, "-m", "nasfpn.cli", "search", "--resume", str(out)], capture_output=True,
+                          text=True, env={**os.environ, "NASFPN_CACHE": str(cache)}, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = "(the search's); the confirmation follows: 2 trials (2 of its 4 are in the ledger already)"
+    assert said in done.stdout and done.stdout.index(said) < done.stdout.index("[confirm ")
+    assert [e["seed"] for e in entries(out) if e["stage"] == "confirm"] == [1, 1]
+
+
+@pytest.mark.ray
 def test_confirm_extends_a_finished_search_and_resumes_after_sigkill_without_paying_twice(tmp_path, cache):
     config = {**TINY, "search": {"trials": 5, "concurrent": 2}, "scheduler": {"name": "none"},
               "confirm": {"seeds": 0}}
