@@ -442,7 +442,7 @@ def load_genotype(path_or_name: str | Path) -> Genotype:
         GenotypeError: the file is missing, not YAML, or breaks a rule (message names the field).
     """
     try:  # the folder also holds the spaces (*_space.yaml): only references are names here
-        path = file_or_shipped(path_or_name, REFERENCE_DIR, "reference neck", names=reference_names())
+        path = file_or_shipped(path_or_name, REFERENCE_DIR, "reference neck", reference_names)
     except ValueError as err:
         raise GenotypeError(str(err)) from None
     return Genotype.from_yaml(path.read_text(), source=str(path))

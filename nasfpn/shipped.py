@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import yaml
 
@@ -45,23 +45,21 @@ def yaml_stems(folder: Traversable) -> list[str]:
                   if entry.name.endswith(".yaml") and entry.is_file())
 
 
-def file_or_shipped(path_or_name: str | Path, folder: Traversable, what: str, suffix: str = ".yaml",
-                    names: Sequence[str] | None = None) -> Path:
+def file_or_shipped(path_or_name: str | Path, folder: Traversable, what: str, names: Callable[[], Sequence[str]],
+                    suffix: str = ".yaml") -> Path:
     """The file a user named: a path as given, or a bare name (no folder, no suffix) that is not
-    a file here looked up as ``<name><suffix>`` in a shipped folder; ``names``, when the folder
-    holds files of several kinds, the ones of this kind.
+    a file here and is one of ``names()`` (the shipped ones of this kind: a folder may hold
+    several kinds), found as ``<name><suffix>`` in ``folder``.
 
     Raises:
         ValueError: the name is neither, listing the shipped ones; or the path is no file.
     """
     path = Path(path_or_name)
     if not path.is_file() and path.suffix == "" and len(path.parts) == 1:
-        if names is None:
-            names = sorted(entry.name[: -len(suffix)] for entry in folder.iterdir() if entry.name.endswith(suffix))
-        shipped = folder / f"{path_or_name}{suffix}"
-        if str(path_or_name) not in names or not shipped.is_file():
-            raise ValueError(f"{str(path_or_name)!r} is neither a file nor a shipped {what}; shipped: {list(names)}")
-        return Path(str(shipped))
+        shipped = names()
+        if str(path_or_name) not in shipped:
+            raise ValueError(f"{str(path_or_name)!r} is neither a file nor a shipped {what}; shipped: {list(shipped)}")
+        return Path(str(folder / f"{path_or_name}{suffix}"))
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     return path

@@ -361,7 +361,7 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
         SpaceError: naming the file and the bad field.
     """
     try:
-        path = file_or_shipped(path_or_name, REFERENCE_DIR, "space", suffix="_space.yaml")
+        path = file_or_shipped(path_or_name, REFERENCE_DIR, "space", space_names, suffix="_space.yaml")
     except ValueError as err:
         raise SpaceError(str(err)) from None
     try:

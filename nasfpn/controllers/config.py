@@ -27,7 +27,7 @@ def load_controller_config(config: Mapping[str, Any] | str | Path) -> dict[str, 
         return dict(config)
     if not isinstance(config, (str, Path)):
         raise ValueError(f"controller config must be a mapping, a YAML path or a name, got {config!r}")
-    path = file_or_shipped(config, CONTROLLER_DIR, "controller config")
+    path = file_or_shipped(config, CONTROLLER_DIR, "controller config", controller_config_names)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

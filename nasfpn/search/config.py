@@ -185,7 +185,7 @@ def search_config_names() -> list[str]:
 def load_search_config(path_or_name: str | Path) -> dict:
     """Read a YAML configuration file, or a shipped one by name, into a mapping (validated by
     :func:`search_config`)."""
-    path = file_or_shipped(path_or_name, CONFIG_DIR, "config")
+    path = file_or_shipped(path_or_name, CONFIG_DIR, "config", search_config_names)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
